@@ -1,0 +1,1 @@
+"""Learning: data, advantages, losses, the RL loop, SFT, checkpoints, config and the `rlhf` command."""

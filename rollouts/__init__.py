@@ -1,0 +1,1 @@
+"""Running the speech LLM: audio front end, model, prompt formats, generation engines."""
