@@ -1,0 +1,507 @@
+"""The RL trainer: GRPO-family and PPO updates of a speech LLM from its own rollouts.
+
+``RLTrainer.step`` is one RL step, top to bottom: prompts → rollouts (rewards are computed next to
+generation, by the engine) → group selection → log-probs → advantages → policy (and critic)
+update → weight sync. Everything around it (setup, batching, checkpoints) is in helpers below.
+
+Multi-process training (``accelerate launch``): the main process alone talks to the rollout
+engine and broadcasts the rollouts; each process trains on its shard of the micro-batches and
+gradients are averaged explicitly before each optimizer step. We average by hand rather than
+wrapping the model in DDP because the chunked log-prob path calls the decoder and LM head
+directly, which DDP's forward hooks would not see.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, set_seed
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import get_scheduler
+
+from rewards import RewardRunner, RewardSpec
+from rlhf.algorithms import group_advantages, policy_loss
+from rlhf.algorithms.filtering import difficulty_filter, dynamic_sampling_mask, pass_rate
+from rlhf.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, write_atomic
+from rlhf.config import ModelConfig, RLConfig, save_config
+from rlhf.data.loading import load_prompt_dataset, row_to_sample
+from rlhf.data.stream import PromptStream
+from rlhf.metrics import MetricsLogger, Timer
+from rollouts.engine import LocalEngine, sample_seed
+from rollouts.policy import Policy, SequenceBatch
+from rollouts.types import PromptSample, Rollout, SamplingParams
+from rollouts.weights import policy_state, state_bytes
+
+
+@dataclass
+class MicroBatch:
+    """The tensors one forward/backward pass needs, built once per step."""
+
+    sequences: SequenceBatch
+    loss_mask: torch.Tensor  # [b, C] float: trained completion tokens of usable samples
+    advantages: torch.Tensor  # [b]
+    behaviour_logprobs: torch.Tensor  # [b, C] from the rollout engine
+    old_logprobs: torch.Tensor | None = None  # [b, C], when num_iterations > 1
+    ref_logprobs: torch.Tensor | None = None  # [b, C], when beta > 0
+
+
+def load_policy(config: ModelConfig, device: torch.device) -> Policy:
+    """Load the SFT checkpoint, freeze the audio path, add LoRA adapters when asked."""
+    policy = Policy.from_pretrained(config.path, dtype=config.dtype, device=str(device))
+    model = policy.model
+    if config.freeze_audio_encoder:
+        for module in (model.encoder, model.adapter):
+            module.requires_grad_(False)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if config.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=config.lora.r,
+            lora_alpha=config.lora.alpha,
+            lora_dropout=config.lora.dropout,
+            target_modules=list(config.lora.target_modules),
+        )
+        policy.model = get_peft_model(model, lora)
+    return policy
+
+
+def reward_specs(entries: list[dict[str, Any]]) -> list[RewardSpec]:
+    """Recipe entries ``{name, weight, timeout_s, **params}`` → reward specs."""
+    return [RewardSpec.from_dict(dict(entry)) for entry in entries]
+
+
+class RLTrainer:
+    def __init__(self, config: RLConfig, *, accelerator: Accelerator | None = None):
+        self.config = config
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.run_dir = Path(config.run.output_dir)
+        set_seed(config.run.seed)
+        acfg = config.algorithm
+
+        self.policy = load_policy(config.model, self.accelerator.device)
+        self.model = self.policy.model
+        self.lora = config.model.lora.enabled
+        # The reference: with LoRA, the same base with adapters disabled; otherwise a frozen copy.
+        self.reference: Policy | None = None
+        if acfg.beta > 0 and not self.lora:
+            frozen = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.reference = Policy(frozen, self.policy.processor)
+        self.critic = None
+        if acfg.name == "ppo":
+            from rlhf.critic import build_critic
+
+            self.critic = build_critic(config, self.policy, self.accelerator.device)
+
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            trainable, lr=config.optim.lr, weight_decay=config.optim.weight_decay
+        )
+        self.scheduler = get_scheduler(
+            config.optim.lr_scheduler,
+            self.optimizer,
+            num_warmup_steps=config.optim.warmup_steps,
+            num_training_steps=config.run.steps * acfg.num_iterations,
+        )
+
+        dataset = load_prompt_dataset(config.data.path, config.data.split)
+        if config.data.tasks:
+            tasks = set(config.data.tasks)
+            dataset = dataset.filter(lambda row: row.get("task") in tasks)
+        if config.data.max_samples:
+            dataset = dataset.select(range(min(config.data.max_samples, len(dataset))))
+        source = f"{config.data.path}:{config.data.split}"
+        self.prompts = PromptStream(
+            len(dataset),
+            lambda i: row_to_sample(dataset[i], i, source, think=config.data.think),
+            seed=config.run.seed,
+            shuffle=config.data.shuffle,
+        )
+        self.engine = None
+        if self.accelerator.is_main_process:
+            self.engine = build_engine(config, self.policy, RewardRunner(reward_specs(config.rewards)))
+        self.logger = MetricsLogger(self.run_dir, config.run.report_to)
+        self.global_step = 0
+
+    # ------------------------------------------------------------------ the RL step
+    def step(self) -> dict[str, Any]:
+        """One RL step; returns its metrics."""
+        cfg, acfg = self.config, self.config.algorithm
+        timer = Timer()
+
+        # 1. Rollouts: n completions per prompt, scored by the rewards on the engine's side.
+        samples = self.prompts.next(cfg.rollout.prompts_per_step)
+        with timer("generation"):
+            rollouts, engine_metrics = self.generate(samples)
+
+        # 2. Which groups to learn from (difficulty band, dynamic sampling).
+        rollouts, selection_metrics = self.select_groups(rollouts)
+
+        # 3. Advantages from the rewards (GRPO family); PPO's come from the critic below.
+        rewards = torch.tensor([math.nan if r.reward is None else r.reward for r in rollouts])
+        groups = torch.tensor([r.group for r in rollouts])
+        if self.critic is None:
+            advantages = group_advantages(
+                rewards, groups, estimator=acfg.advantage, scale_rewards=acfg.scale_rewards
+            )
+        else:
+            advantages = torch.zeros(len(rollouts))  # token-level, from GAE in update()
+
+        # 4. Micro-batches with old / reference log-probs.
+        with timer("logprobs"):
+            micro_batches = self.micro_batches(samples, rollouts, advantages, rewards)
+
+        # 5. Policy (and critic) update: num_iterations optimizer steps over the batch.
+        with timer("update"):
+            update_metrics = self.update(micro_batches, rewards)
+
+        # 6. Weight sync to the rollout engine.
+        with timer("sync"):
+            sync_bytes = self.sync_weights()
+
+        self.global_step += 1
+        tokens = sum(len(r.completion_ids) for r in rollouts)
+        total_seconds = sum(timer.seconds.values())
+        metrics = {
+            **engine_metrics,
+            "time": {**engine_metrics.get("time", {}), **timer.seconds, "step": total_seconds},
+            **selection_metrics,
+            **update_metrics,
+            **rollout_metrics(rollouts),
+            "tokens_per_second": tokens / max(timer.seconds.get("generation", 0.0), 1e-9),
+            "sync_bytes": sync_bytes,
+            "lr": self.scheduler.get_last_lr()[0],
+        }
+        return metrics
+
+    # ------------------------------------------------------------------ stages
+    def generate(self, samples: list[PromptSample]) -> tuple[list[Rollout], dict[str, Any]]:
+        """Main process asks the engine; every process receives the same rollouts."""
+        rcfg = self.config.rollout
+        sampling = SamplingParams(
+            **vars(rcfg.sampling),
+            seed=sample_seed(self.config.run.seed, "step", self.global_step),
+        )
+        payload: list[Any] = [None]
+        if self.accelerator.is_main_process:
+            rollouts = self.engine.generate(samples, rcfg.num_generations, sampling)
+            payload = [(rollouts, self.engine.metrics())]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(payload)
+        return payload[0]
+
+    def select_groups(self, rollouts: list[Rollout]) -> tuple[list[Rollout], dict[str, Any]]:
+        acfg = self.config.algorithm
+        rewards = torch.tensor([math.nan if r.reward is None else r.reward for r in rollouts])
+        groups = torch.tensor([r.group for r in rollouts])
+        keep = torch.ones(len(rollouts), dtype=torch.bool)
+        if acfg.difficulty_band is not None:
+            low, high = acfg.difficulty_band
+            rates = pass_rate(rewards.nan_to_num(0.0) > 0.5, groups)
+            keep &= difficulty_filter(rates, low, high)[groups]
+        if acfg.dynamic_sampling:
+            keep &= dynamic_sampling_mask(rewards, groups)
+        kept = [r for r, k in zip(rollouts, keep.tolist()) if k]
+        metrics = {"groups_kept_fraction": float(keep.float().mean())}
+        return kept, metrics
+
+    def micro_batches(
+        self,
+        samples: list[PromptSample],
+        rollouts: list[Rollout],
+        advantages: torch.Tensor,
+        rewards: torch.Tensor,
+    ) -> list[MicroBatch]:
+        """This process's shard of micro-batches, with the log-probs computed before updating."""
+        cfg, acfg = self.config, self.config.algorithm
+        by_id = {s.id: s for s in samples}
+        size = cfg.optim.micro_batch_size
+        batches = []
+        for start in range(0, len(rollouts), size):
+            part = rollouts[start : start + size]
+            prompts = self.policy.processor([by_id[r.prompt_id] for r in part])
+            sequences = self.policy.sequence_batch(
+                [r.prompt_ids for r in part],
+                [r.completion_ids for r in part],
+                prompts.get("input_features"),
+                prompts.get("feature_lens"),
+            )
+            width = sequences.completion_ids.shape[1]
+            loss_mask = torch.zeros(len(part), width)
+            behaviour = torch.zeros(len(part), width)
+            for i, r in enumerate(part):
+                usable = r.reward is not None and not (
+                    acfg.mask_truncated and r.finish_reason == "length"
+                )
+                if usable:
+                    loss_mask[i, : len(r.loss_mask)] = torch.tensor(r.loss_mask, dtype=torch.float)
+                behaviour[i, : len(r.logprobs)] = torch.tensor(r.logprobs)
+            batches.append(
+                MicroBatch(
+                    sequences,
+                    loss_mask.to(self.accelerator.device),
+                    advantages[start : start + size].to(self.accelerator.device),
+                    behaviour.to(self.accelerator.device),
+                )
+            )
+        batches = batches[self.accelerator.process_index :: self.accelerator.num_processes]
+        temperature = cfg.rollout.sampling.temperature or 1.0
+        with torch.no_grad():
+            for mb in batches:
+                if acfg.num_iterations > 1:
+                    mb.old_logprobs = self.logprobs(mb.sequences)[0]
+                if acfg.beta > 0:
+                    mb.ref_logprobs = self.reference_logprobs(mb.sequences, temperature)
+        return batches
+
+    def update(self, micro_batches: list[MicroBatch], rewards: torch.Tensor) -> dict[str, Any]:
+        """``num_iterations`` optimizer steps; each accumulates gradients over all micro-batches."""
+        cfg, acfg = self.config, self.config.algorithm
+        totals = self.normalisers(micro_batches)
+        sums: dict[str, float] = {}
+        grad_norm = 0.0
+        for _ in range(acfg.num_iterations):
+            for mb in micro_batches:
+                logprobs, entropy = self.logprobs(mb.sequences, with_entropy=True)
+                old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()
+                loss, stats = policy_loss(
+                    logprobs,
+                    old,
+                    mb.advantages,
+                    mb.loss_mask,
+                    clip_low=acfg.clip_low,
+                    clip_high=acfg.clip_high,
+                    importance_sampling_level=acfg.importance_sampling,
+                    aggregation=acfg.loss_aggregation,
+                    ref_logprobs=mb.ref_logprobs,
+                    beta=acfg.beta if acfg.kl_in == "loss" else 0.0,
+                    kl_estimator=acfg.kl_estimator,
+                    entropy=entropy,
+                    entropy_coef=acfg.entropy_coef,
+                    max_completion_length=cfg.rollout.sampling.max_new_tokens,
+                )
+                # each micro-batch's loss is a mean over its own items; reweight to the batch's
+                loss = loss * micro_batch_weight(acfg.loss_aggregation, mb.loss_mask, totals)
+                self.accelerator.backward(loss)
+                mismatch = (logprobs.detach() - mb.behaviour_logprobs).abs()
+                stats["logprob_mismatch"] = float(
+                    (mismatch * mb.loss_mask).sum() / mb.loss_mask.sum().clamp(min=1)
+                )
+                stats["loss"] = float(loss)
+                for key, value in stats.items():
+                    sums[key] = sums.get(key, 0.0) + float(value)
+            grad_norm = self.optimizer_step()
+        count = max(len(micro_batches) * acfg.num_iterations, 1)
+        metrics = {key: value / count for key, value in sums.items()}
+        metrics["loss"] = sums.get("loss", 0.0) / acfg.num_iterations
+        metrics["grad_norm"] = grad_norm
+        if micro_batches:
+            metrics["audio_sensitivity"] = self.audio_sensitivity(micro_batches[0])
+        return metrics
+
+    def sync_weights(self) -> int:
+        """Send the new weights (adapter only under LoRA) to the engine; returns bytes sent."""
+        if not self.accelerator.is_main_process or self.engine.shares_weights:
+            return 0
+        state = policy_state(self.model)
+        self.engine.update_weights(state, version=self.global_step + 1)
+        return state_bytes(state)
+
+    # ------------------------------------------------------------------ helpers
+    def logprobs(
+        self, sequences: SequenceBatch, with_entropy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.policy.logprobs(
+            sequences,
+            temperature=self.config.rollout.sampling.temperature or 1.0,
+            chunk_size=self.config.run.logprob_chunk_size,
+            with_entropy=with_entropy,
+        )
+
+    def reference_logprobs(self, sequences: SequenceBatch, temperature: float) -> torch.Tensor:
+        chunk = self.config.run.logprob_chunk_size
+        if self.reference is not None:
+            return self.reference.logprobs(sequences, temperature=temperature, chunk_size=chunk)[0]
+        with self.model.disable_adapter():
+            return self.policy.logprobs(sequences, temperature=temperature, chunk_size=chunk)[0]
+
+    @torch.no_grad()
+    def audio_sensitivity(self, mb: MicroBatch) -> float:
+        """Mean |Δ log-prob| of the sampled tokens when the audio is replaced by silence.
+
+        Zero means the policy ignores its audio: the "audio silently dropped" failure.
+        """
+        if mb.sequences.input_features is None:
+            return 0.0
+        silent = copy.copy(mb.sequences)
+        silent.input_features = torch.zeros_like(mb.sequences.input_features)
+        with_audio, _ = self.logprobs(mb.sequences)
+        without, _ = self.logprobs(silent)
+        mask = mb.sequences.completion_mask.float()
+        return float(((with_audio - without).abs() * mask).sum() / mask.sum().clamp(min=1))
+
+    def normalisers(self, micro_batches: list[MicroBatch]) -> dict[str, float]:
+        """Token and sequence counts of the whole batch across processes."""
+        local = torch.tensor(
+            [
+                sum(float(mb.loss_mask.sum()) for mb in micro_batches),
+                sum(float((mb.loss_mask.sum(-1) > 0).sum()) for mb in micro_batches),
+                sum(len(mb.loss_mask) for mb in micro_batches),
+            ],
+            device=self.accelerator.device,
+        )
+        total = self.accelerator.reduce(local, "sum") if self.accelerator.num_processes > 1 else local
+        tokens, sequences, rows = (max(float(x), 1.0) for x in total)
+        return {"tokens": tokens, "sequences": sequences, "rows": rows}
+
+    def optimizer_step(self) -> float:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.accelerator.num_processes > 1:
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                p.grad = self.accelerator.reduce(p.grad, "mean")
+        norm = torch.nn.utils.clip_grad_norm_(params, self.config.optim.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    # ------------------------------------------------------------------ run, save, resume
+    def train(self, resume: bool | str = False) -> list[dict[str, Any]]:
+        cfg = self.config
+        if resume:
+            self.resume(None if resume is True else Path(resume))
+        if self.accelerator.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        history = []
+        columns = (
+            TextColumn("[bold]RL[/] step {task.completed}/{task.total}"),
+            BarColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, disable=not self.accelerator.is_main_process) as progress:
+            task = progress.add_task("rl", total=cfg.run.steps, completed=self.global_step, status="")
+            while self.global_step < cfg.run.steps:
+                metrics = self.step()
+                history.append(metrics)
+                if self.accelerator.is_main_process:
+                    self.logger.log(self.global_step, metrics)
+                reward = metrics.get("reward", {}).get("total", {}).get("mean", float("nan"))
+                progress.update(task, completed=self.global_step, status=f"reward {reward:.3f}")
+                if cfg.run.save_every and self.global_step % cfg.run.save_every == 0:
+                    self.save()
+        if self.global_step % max(cfg.run.save_every, 1) != 0:
+            self.save()
+        self.save_final(self.run_dir / "final")
+        self.logger.close()
+        return history
+
+    def trainer_state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "prompts": self.prompts.state_dict(),
+            "critic": self.critic.state_dict() if self.critic is not None else None,
+        }
+
+    def save(self) -> Path | None:
+        if not self.accelerator.is_main_process:
+            return None
+        return save_checkpoint(
+            self.run_dir,
+            self.global_step,
+            model=self.model,
+            processor=self.policy.processor,
+            trainer_state=self.trainer_state(),
+            keep_last=self.config.run.keep_last,
+        )
+
+    def resume(self, checkpoint: Path | None = None) -> None:
+        """Restore weights, optimizer, scheduler, data position, step and RNG from a checkpoint."""
+        checkpoint = checkpoint or latest_checkpoint(self.run_dir)
+        if checkpoint is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir}")
+        from safetensors.torch import load_file
+
+        if self.lora:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(
+                self.model, load_file(checkpoint / "adapter_model.safetensors")
+            )
+        else:
+            state = {}
+            for shard in sorted(checkpoint.glob("*.safetensors")):
+                state.update(load_file(shard))
+            self.model.load_state_dict(state, strict=False)
+        state = load_trainer_state(checkpoint)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.prompts.load_state_dict(state["prompts"])
+        if self.critic is not None and state.get("critic") is not None:
+            self.critic.load_state_dict(state["critic"])
+        self.global_step = int(state["step"])
+        if self.engine is not None and not self.engine.shares_weights:
+            self.engine.update_weights(policy_state(self.model), version=self.global_step)
+
+    def save_final(self, path: Path) -> None:
+        """A plain ``from_pretrained`` checkpoint (LoRA merged) for eval and the next stage."""
+        if not self.accelerator.is_main_process:
+            return
+        model = self.model
+        if self.lora:
+            model = copy.deepcopy(model).merge_and_unload()
+
+        def write(tmp: Path) -> None:
+            model.save_pretrained(tmp)
+            self.policy.processor.save_pretrained(tmp)
+
+        write_atomic(path, write)
+
+
+def micro_batch_weight(aggregation: str, loss_mask: torch.Tensor, totals: dict[str, float]) -> float:
+    """Scale a micro-batch's mean loss so that summing micro-batches gives the batch loss."""
+    if aggregation == "token_mean":
+        return float(loss_mask.sum()) / totals["tokens"]
+    return len(loss_mask) / totals["rows"]
+
+
+def rollout_metrics(rollouts: list[Rollout]) -> dict[str, Any]:
+    """What the completions look like: lengths, thinking, finish reasons."""
+    if not rollouts:
+        return {}
+    lengths = torch.tensor([len(r.completion_ids) for r in rollouts], dtype=torch.float)
+    think_words = torch.tensor([len((r.think or "").split()) for r in rollouts], dtype=torch.float)
+    finish = {}
+    for r in rollouts:
+        finish[r.finish_reason] = finish.get(r.finish_reason, 0) + 1
+    return {
+        "completion_length": {"mean": float(lengths.mean()), "max": float(lengths.max())},
+        "think_words": {"mean": float(think_words.mean())},
+        "finish": {k: v / len(rollouts) for k, v in finish.items()},
+        "policy_version": max(r.policy_version for r in rollouts),
+    }
+
+
+def build_engine(config: RLConfig, policy: Policy, reward_runner: RewardRunner):
+    rcfg = config.rollout
+    if rcfg.engine == "local":
+        return LocalEngine(
+            policy, reward_runner, batch_size=rcfg.batch_size, train_on=rcfg.train_on, shares_weights=True
+        )
+    if rcfg.engine == "ray":
+        from rollouts.ray_pool import RayEngine
+
+        return RayEngine.from_config(config, reward_runner)
+    raise ValueError(f"rollout.engine: unknown {rcfg.engine!r}; choose 'local' or 'ray'")

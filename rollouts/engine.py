@@ -1,0 +1,255 @@
+"""The local rollout engine: batched, KV-cached sampling of n completions per prompt.
+
+Each prompt's audio is encoded and its prefix prefilled once; the cache is then repeated for its
+n samples. Every sample draws from its own random generator, seeded from (seed, prompt id, sample
+index), so a rollout does not depend on which other prompts share its batch or worker — the
+property that lets the Ray pool reproduce the local engine exactly.
+
+Sampling is written by hand rather than through ``generate()`` because ``generate()`` has one RNG
+for the whole batch and does not return behaviour log-probs of the unfiltered distribution.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from rewards import RewardRunner
+from rollouts.chat import completion_loss_mask, parse_completion
+from rollouts.policy import Policy
+from rollouts.types import PromptSample, Rollout, SamplingParams
+
+
+def sample_seed(seed: int, prompt_id: str, sample_index: int) -> int:
+    """A stable 63-bit seed for one sample, independent of batching."""
+    digest = hashlib.sha256(f"{seed}\0{prompt_id}\0{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class LocalEngine:
+    """Generates rollouts in this process. ``batch_size`` bounds the sequences decoded together."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        reward_runner: RewardRunner | None = None,
+        *,
+        batch_size: int = 16,
+        train_on: str = "text",
+        shares_weights: bool = False,
+    ):
+        self.policy = policy
+        self.reward_runner = reward_runner
+        self.batch_size = batch_size
+        self.train_on = train_on
+        # True when the trainer updates this very model in place: nothing to sync.
+        self.shares_weights = shares_weights
+        self.policy_version = 0
+        self._metrics: dict[str, Any] = {}
+
+    def metrics(self) -> dict[str, Any]:
+        """Reward statistics and the generation / reward time split of the last ``generate``."""
+        return self._metrics
+
+    def update_weights(self, state: dict[str, torch.Tensor], version: int) -> None:
+        """Load new policy weights (a full state dict, or adapter tensors only)."""
+        from rollouts.weights import load_policy_weights
+
+        load_policy_weights(self.policy.model, state)
+        self.policy_version = version
+
+    @torch.no_grad()
+    def generate(
+        self, samples: Sequence[PromptSample], n: int, sampling: SamplingParams
+    ) -> list[Rollout]:
+        """n rollouts per prompt, in prompt order, parsed, masked and scored."""
+        started = time.perf_counter()
+        prompts_per_batch = max(1, self.batch_size // n)
+        rollouts: list[Rollout] = []
+        for start in range(0, len(samples), prompts_per_batch):
+            chunk = samples[start : start + prompts_per_batch]
+            rollouts += self._generate_chunk(chunk, start, n, sampling)
+        decoded = time.perf_counter()
+        self._metrics = {"time": {"decode": decoded - started}}
+        if self.reward_runner is not None:
+            self._metrics["reward"] = self.score(samples, rollouts, n)
+            self._metrics["time"]["rewards"] = time.perf_counter() - decoded
+        return rollouts
+
+    def score(
+        self, samples: Sequence[PromptSample], rollouts: list[Rollout], n: int
+    ) -> dict[str, Any]:
+        """Fill ``rewards`` and ``reward`` of each rollout; return the runner's statistics."""
+        owners = [samples[i // n] for i in range(len(rollouts))]
+        columns = {key for s in owners for key in s.columns}
+        kwargs: dict[str, list[Any]] = {
+            key: [s.columns.get(key) for s in owners] for key in sorted(columns)
+        }
+        kwargs.update(
+            completion_ids=[r.completion_ids for r in rollouts],
+            think=[r.think for r in rollouts],
+            answer=[r.answer for r in rollouts],
+            spoken_text=[r.spoken_text for r in rollouts],
+            audio_codes=[r.audio_codes for r in rollouts],
+            tool_calls=[r.tool_calls for r in rollouts],
+            audio=[s.audio[0] if s.audio else None for s in owners],
+            sample_rate=[16000] * len(rollouts),
+        )
+        result = self.reward_runner(
+            [s.messages for s in owners], [r.text for r in rollouts], **kwargs
+        )
+        for i, rollout in enumerate(rollouts):
+            rollout.rewards = {name: values[i] for name, values in result.per_reward.items()}
+            rollout.reward = result.total[i]
+        return result.metrics
+
+    def _generate_chunk(
+        self, samples: Sequence[PromptSample], first_group: int, n: int, sampling: SamplingParams
+    ) -> list[Rollout]:
+        policy, base = self.policy, self.policy.base
+        special = policy.processor.special_ids
+        inputs = policy.build_inputs(samples)
+        attention_mask = inputs["attention_mask"]
+        embeds = base.embed_inputs(
+            inputs["input_ids"], inputs.get("input_features"), inputs.get("feature_lens")
+        )
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        out = base(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        # share the prefilled prompt between its n samples
+        cache.batch_repeat_interleave(n)
+        logits = out.logits[:, -1].float().repeat_interleave(n, dim=0)
+        attention_mask = attention_mask.repeat_interleave(n, dim=0)
+        next_position = position_ids[:, -1:].repeat_interleave(n, dim=0) + 1
+
+        rows = len(samples) * n
+        generators = [
+            torch.Generator().manual_seed(sample_seed(sampling.seed, s.id, k))
+            for s in samples
+            for k in range(n)
+        ]
+        tokens = [[] for _ in range(rows)]
+        logprobs = [[] for _ in range(rows)]
+        finish = ["length"] * rows
+        active = list(range(rows))  # rows still decoding, in cache order
+        prompt_ids = [
+            inputs["input_ids"][b][inputs["attention_mask"][b].bool()].tolist()
+            for b in range(len(samples))
+        ]
+        for _ in range(sampling.max_new_tokens):
+            chosen, chosen_logprobs = _sample(
+                logits, [tokens[r] for r in active], [generators[r] for r in active], sampling
+            )
+            keep = []
+            for i, row in enumerate(active):
+                token = int(chosen[i])
+                tokens[row].append(token)
+                logprobs[row].append(float(chosen_logprobs[i]))
+                if token == special.eot:
+                    finish[row] = "stop"
+                else:
+                    keep.append(i)
+            if not keep or len(tokens[active[0]]) >= sampling.max_new_tokens:
+                break
+            if len(keep) < len(active):
+                index = torch.tensor(keep, device=logits.device)
+                cache.batch_select_indices(index)
+                attention_mask, next_position = attention_mask[index], next_position[index]
+                chosen = chosen[index]
+                active = [active[i] for i in keep]
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], 1)
+            out = base(
+                input_ids=chosen[:, None].to(attention_mask.device),
+                attention_mask=attention_mask,
+                position_ids=next_position,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            logits = out.logits[:, -1].float()
+            next_position = next_position + 1
+
+        rollouts = []
+        for row in range(rows):
+            prompt_index, k = divmod(row, n)
+            sample = samples[prompt_index]
+            parsed = parse_completion(
+                tokens[row],
+                policy.processor.tokenizer,
+                think_prefilled=sample.think,
+                spoken_prefilled=sample.spoken and not sample.think,
+            )
+            rollouts.append(
+                Rollout(
+                    prompt_id=sample.id,
+                    group=first_group + prompt_index,
+                    sample_index=k,
+                    prompt_ids=prompt_ids[prompt_index],
+                    completion_ids=tokens[row],
+                    logprobs=logprobs[row],
+                    loss_mask=completion_loss_mask(tokens[row], special, self.train_on),
+                    text=parsed.text,
+                    think=parsed.think,
+                    answer=parsed.answer,
+                    spoken_text=parsed.spoken_text,
+                    audio_codes=parsed.audio_codes,
+                    tool_calls=parsed.tool_calls,
+                    finish_reason=finish[row],
+                    policy_version=self.policy_version,
+                )
+            )
+        return rollouts
+
+
+def _sample(
+    logits: torch.Tensor,
+    histories: list[list[int]],
+    generators: list[torch.Generator],
+    sampling: SamplingParams,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one token per row; return it and its log-prob under softmax(logits / temperature).
+
+    The behaviour log-prob is taken before repetition penalty and top-k/top-p filtering, which is
+    what the trainer recomputes; the trainer logs the remaining mismatch.
+    """
+    temperature = sampling.temperature
+    scaled = logits / temperature if temperature > 0 else logits
+    behaviour = torch.log_softmax(scaled, dim=-1)
+    if temperature <= 0:
+        chosen = logits.argmax(-1)
+        return chosen, behaviour.gather(-1, chosen[:, None]).squeeze(-1)
+    adjusted = scaled.clone()
+    if sampling.repetition_penalty != 1.0:
+        for i, history in enumerate(histories):
+            if history:
+                seen = torch.tensor(sorted(set(history)), device=logits.device)
+                values = adjusted[i, seen]
+                adjusted[i, seen] = torch.where(
+                    values > 0,
+                    values / sampling.repetition_penalty,
+                    values * sampling.repetition_penalty,
+                )
+    if sampling.top_k > 0:
+        kth = adjusted.topk(min(sampling.top_k, adjusted.shape[-1]), dim=-1).values[:, -1:]
+        adjusted = adjusted.masked_fill(adjusted < kth, float("-inf"))
+    probs = torch.softmax(adjusted, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > sampling.top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    chosen = torch.stack(
+        [torch.multinomial(probs[i].cpu(), 1, generator=g)[0] for i, g in enumerate(generators)]
+    ).to(logits.device)
+    return chosen, behaviour.gather(-1, chosen[:, None]).squeeze(-1)
