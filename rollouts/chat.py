@@ -27,9 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rollouts.tokens import (
-    AUDIO_END,
-    AUDIO_PATCH,
-    AUDIO_START,
     BOT,
     EOT,
     NUM_AUDIO_CODES,
@@ -99,13 +96,9 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False) if text else []
 
 
-def _audio_block(patches: int) -> str:
-    return AUDIO_START + AUDIO_PATCH * patches + AUDIO_END
-
-
 def _audio_blocks(counts: Sequence[AudioCount]) -> Iterator[list[int]]:
     for count in counts:
-        yield [count] if isinstance(count, int) else list(count)
+        yield [int(c) for c in count] if isinstance(count, (list, tuple)) else [int(count)]
 
 
 def _drop_think(text: str) -> str:
@@ -191,7 +184,7 @@ def _render_history(
         else []
     )
     out: list[int] = []
-    if not (messages and messages[0].get("role") == "system"):
+    if not (messages and isinstance(messages[0], dict) and messages[0].get("role") == "system"):
         out += tools_turn
     for i, message in enumerate(messages):
         where = f"message {i}"

@@ -124,7 +124,7 @@ class LocalEngine:
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
@@ -134,6 +134,11 @@ class LocalEngine:
         attention_mask = attention_mask.repeat_interleave(n, dim=0)
         next_position = position_ids[:, -1:].repeat_interleave(n, dim=0) + 1
 
+        # tokens that only the processor may place: sampling them would corrupt the sequence
+        banned = torch.tensor(
+            [special.audio_start, special.audio_end, special.audio_patch, special.bot, special.pad],
+            device=logits.device,
+        )
         rows = len(samples) * n
         generators = [
             torch.Generator().manual_seed(sample_seed(sampling.seed, s.id, k))
@@ -150,7 +155,8 @@ class LocalEngine:
         ]
         for _ in range(sampling.max_new_tokens):
             chosen, chosen_logprobs = _sample(
-                logits, [tokens[r] for r in active], [generators[r] for r in active], sampling
+                logits,
+                banned, [tokens[r] for r in active], [generators[r] for r in active], sampling
             )
             keep = []
             for i, row in enumerate(active):
@@ -174,7 +180,7 @@ class LocalEngine:
                 input_ids=chosen[:, None].to(attention_mask.device),
                 attention_mask=attention_mask,
                 position_ids=next_position,
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
             )
             logits = out.logits[:, -1].float()
@@ -214,22 +220,23 @@ class LocalEngine:
 
 def _sample(
     logits: torch.Tensor,
+    banned: torch.Tensor,
     histories: list[list[int]],
     generators: list[torch.Generator],
     sampling: SamplingParams,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one token per row; return it and its log-prob under softmax(logits / temperature).
 
-    The behaviour log-prob is taken before repetition penalty and top-k/top-p filtering, which is
-    what the trainer recomputes; the trainer logs the remaining mismatch.
+    The behaviour log-prob is taken before banning, repetition penalty and top-k/top-p filtering,
+    which is what the trainer recomputes; the trainer logs the remaining mismatch.
     """
     temperature = sampling.temperature
     scaled = logits / temperature if temperature > 0 else logits
     behaviour = torch.log_softmax(scaled, dim=-1)
+    adjusted = scaled.index_fill(-1, banned, float("-inf"))
     if temperature <= 0:
-        chosen = logits.argmax(-1)
+        chosen = adjusted.argmax(-1)
         return chosen, behaviour.gather(-1, chosen[:, None]).squeeze(-1)
-    adjusted = scaled.clone()
     if sampling.repetition_penalty != 1.0:
         for i, history in enumerate(histories):
             if history:

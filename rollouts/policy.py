@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from torch.utils.checkpoint import checkpoint
-from trl.trainer.utils import selective_log_softmax_and_entropy
 
 from rollouts.processor import StepAudio2Processor
 from rollouts.types import PromptSample
@@ -127,8 +126,7 @@ class Policy:
         """Per-token log-probs ``[B, C]`` of the completions (0 on padding), and entropies.
 
         Written by hand because no library scores only selected positions through the LM head
-        chunk by chunk with recomputation in backward; within a chunk, TRL's fused
-        log-softmax/entropy does the work.
+        chunk by chunk with recomputation in backward.
         """
         hidden = self.hidden_states(batch)
         batch_size, num_completion = batch.completion_ids.shape
@@ -142,32 +140,49 @@ class Policy:
         rows = torch.arange(batch_size, device=hidden.device)[:, None].expand_as(positions)
         flat_hidden = hidden[rows[selected], positions[selected]]  # [N, H]
         flat_targets = batch.completion_ids[selected]  # [N]
-        weight = self.base.lm_head.weight
+        logps, entropies = chunked_logprobs(
+            flat_hidden, flat_targets, self.base.lm_head.weight, temperature, chunk_size
+        )
 
-        logps, entropies = [], []
-        for start in range(0, flat_targets.numel(), chunk_size):
-            h = flat_hidden[start : start + chunk_size]
-            t = flat_targets[start : start + chunk_size]
-            if torch.is_grad_enabled():
-                lp, ent = checkpoint(
-                    _chunk_logprobs, h, t, weight, temperature, use_reentrant=False
-                )
-            else:
-                lp, ent = _chunk_logprobs(h, t, weight, temperature)
-            logps.append(lp)
-            entropies.append(ent)
-
-        def scatter(values: list[torch.Tensor]) -> torch.Tensor:
+        def scatter(values: torch.Tensor) -> torch.Tensor:
             out = torch.zeros(batch_size, num_completion, device=hidden.device, dtype=torch.float32)
-            if values:
-                out = out.masked_scatter(selected, torch.cat(values))
-            return out
+            return out.masked_scatter(selected, values)
 
         return scatter(logps), (scatter(entropies) if with_entropy else None)
+
+
+def chunked_logprobs(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    weight: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs and entropies of ``targets [N]`` given ``hidden [N, H]`` and the LM head.
+
+    At most ``chunk_size × V`` fp32 logits exist at a time, in forward and in backward.
+    """
+    logps, entropies = [], []
+    for start in range(0, targets.numel(), chunk_size):
+        args = (hidden[start : start + chunk_size], targets[start : start + chunk_size], weight)
+        if torch.is_grad_enabled():
+            lp, ent = checkpoint(_chunk_logprobs, *args, temperature, use_reentrant=False)
+        else:
+            lp, ent = _chunk_logprobs(*args, temperature)
+        logps.append(lp)
+        entropies.append(ent)
+    if not logps:
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return empty, empty
+    return torch.cat(logps), torch.cat(entropies)
 
 
 def _chunk_logprobs(
     hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = (hidden @ weight.T).float()
-    return selective_log_softmax_and_entropy(logits, targets, temperature=temperature)
+    logits = (hidden @ weight.T).float() / temperature
+    log_normaliser = logits.logsumexp(-1)
+    logps = logits.gather(-1, targets[:, None]).squeeze(-1) - log_normaliser
+    probs = (logits - log_normaliser[:, None]).exp()
+    entropy = log_normaliser - (probs * logits).sum(-1)
+    return logps, entropy

@@ -1,15 +1,14 @@
-"""Parity with TRL 1.x: our advantages and policy loss against GRPOTrainer's / RLOOTrainer's own code.
+"""Parity with TRL 1.x: our advantages and policy loss against GRPOTrainer's and RLOOTrainer's code.
 
 A tiny random Qwen2 and a word-level tokenizer are built locally (no network). TRL's trainers are
-constructed for real and their methods called: `compute_loss` on hand-made inputs of the shape
-`_generate_and_score_completions` returns, and `_generate_and_score_completions` itself (tiny
-greedy-free generation, rewards taken from a dataset column) for the advantages. Our side computes
-log-probs from full logits and calls `rlhf.algorithms`. Loss and every gradient agree to 1e-5.
+constructed for real and their own methods called: `compute_loss` on hand-made inputs shaped as
+`_generate_and_score_completions` returns them, and `_generate_and_score_completions` itself
+(a few sampled tokens from the tiny model, rewards read from a dataset column) for the
+advantages. Our side computes log-probs from full logits and calls `rlhf.algorithms`. Losses and
+every parameter gradient agree to 1e-5.
 """
 
 from __future__ import annotations
-
-import warnings
 
 import pytest
 import torch
@@ -18,6 +17,9 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from rlhf.algorithms import group_advantages, policy_loss
+
+# TRL/transformers deprecation chatter (gradient_checkpointing naming) is not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 VOCAB = 48
 NUM_GENERATIONS = 2
@@ -52,7 +54,7 @@ def tiny(tmp_path_factory):
 
 
 def _common_args(tmp_path, **overrides) -> dict:
-    return dict(
+    args = dict(
         output_dir=str(tmp_path),
         report_to="none",
         use_cpu=True,
@@ -63,23 +65,22 @@ def _common_args(tmp_path, **overrides) -> dict:
         logging_strategy="no",
         save_strategy="no",
         seed=0,
-        **overrides,
     )
+    return {**args, **overrides}
 
 
-def _grpo_trainer(tiny, tmp_path, dataset=None, **overrides) -> GRPOTrainer:
+def _grpo_trainer(tiny, tmp_path, **overrides) -> GRPOTrainer:
     path, tokenizer = tiny
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer = GRPOTrainer(
-            model=path,
-            reward_funcs=_column_reward,
-            args=GRPOConfig(**_common_args(tmp_path, **overrides)),
-            train_dataset=dataset or _dataset(),
-            processing_class=tokenizer,
-        )
+    trainer = GRPOTrainer(
+        model=path,
+        reward_funcs=_column_reward,
+        args=GRPOConfig(**_common_args(tmp_path, **overrides)),
+        train_dataset=_dataset(),
+        processing_class=tokenizer,
+    )
     trainer.model.train()
-    trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop; one micro-batch here
+    # Set by Trainer's training loop: the number of micro-batches in this optimizer step.
+    trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
     return trainer
 
 
@@ -94,9 +95,9 @@ def _dataset():
     return Dataset.from_dict({"prompt": ["w3 w4"], "reward": [0.0]})
 
 
-def _loss_inputs(model, generator: torch.Generator) -> dict:
+def _loss_inputs(model, generator: torch.Generator, completion_lens=(6, 2, 4, 1)) -> dict:
     """A batch shaped as GRPOTrainer's `_generate_and_score_completions` output (4 completions)."""
-    prompt_lens, completion_lens = [3, 5, 4, 5], [6, 2, 4, 1]
+    prompt_lens = [3, 5, 4, 5]
     batch, p_len, c_len = 4, max(prompt_lens), max(completion_lens)
     prompt_ids = torch.full((batch, p_len), 1)
     prompt_mask = torch.zeros(batch, p_len, dtype=torch.long)
@@ -111,10 +112,13 @@ def _loss_inputs(model, generator: torch.Generator) -> dict:
     groups = torch.arange(batch) // NUM_GENERATIONS
     with torch.no_grad():
         logps, _ = _our_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
-    # Old and reference log-probs off the current ones, so that ratios get clipped on both sides.
-    # Untrained positions hold 0, as TRL's fused log-prob pass returns there.
+    # Old and reference log-probs off the current ones. The row shifts put sequence 0 (A > 0) above
+    # and sequence 1 (A < 0) below the clip range, so both clipped branches are compared, at token
+    # and at sequence level. Untrained positions hold 0, as TRL's fused log-prob pass returns there.
     mask = completion_mask.bool()
-    old = torch.where(mask, logps + 0.3 * torch.randn(logps.shape, generator=generator), 0.0)
+    shift = torch.tensor([[-0.4], [0.4], [0.0], [-0.1]])
+    noise = 0.3 * torch.randn(logps.shape, generator=generator)
+    old = torch.where(mask, logps + shift + noise, 0.0)
     ref = torch.where(mask, logps + 0.5 * torch.randn(logps.shape, generator=generator), 0.0)
     return {
         "prompt_ids": prompt_ids,
@@ -146,19 +150,25 @@ def _grads(model) -> dict[str, torch.Tensor]:
     return grads
 
 
-# (TRL loss_type, beta, importance_sampling_level, epsilon_high, entropy_coef) -> our aggregation
 AGGREGATION = {"grpo": "seq_mean", "dapo": "token_mean", "bnpo": "token_mean", "dr_grpo": "dr_grpo"}
+# (TRL loss_type, beta, importance_sampling_level, epsilon_high, entropy_coef, use_bias_correction_kl)
 CASES = [
-    *[(loss, beta, "token", 0.2, 0.0) for loss in AGGREGATION for beta in (0.0, 0.1)],
-    ("grpo", 0.0, "sequence", 0.2, 0.0),  # GSPO
-    ("grpo", 0.1, "sequence", 0.28, 0.0),
-    ("dapo", 0.0, "token", 0.28, 0.0),  # clip-higher
-    ("dapo", 0.05, "token", 0.28, 0.01),  # entropy bonus
+    *[(loss, beta, "token", 0.2, 0.0, True) for loss in AGGREGATION for beta in (0.0, 0.1)],
+    ("grpo", 0.0, "sequence", 0.2, 0.0, True),  # GSPO
+    ("grpo", 0.1, "sequence", 0.28, 0.0, True),
+    ("dapo", 0.0, "token", 0.28, 0.0, True),  # clip-higher
+    ("dapo", 0.05, "token", 0.28, 0.01, True),  # entropy bonus
+    ("grpo", 0.1, "token", 0.2, 0.0, False),  # plain k3, no importance weight on the KL
+    ("dr_grpo", 0.1, "token", 0.2, 0.0, False),
 ]
 
 
-@pytest.mark.parametrize(("loss_type", "beta", "level", "epsilon_high", "entropy_coef"), CASES)
-def test_policy_loss_matches_trl(tiny, tmp_path, loss_type, beta, level, epsilon_high, entropy_coef):
+@pytest.mark.parametrize(
+    ("loss_type", "beta", "level", "epsilon_high", "entropy_coef", "bias_correction"), CASES
+)
+def test_policy_loss_matches_trl(
+    tiny, tmp_path, loss_type, beta, level, epsilon_high, entropy_coef, bias_correction
+):
     trainer = _grpo_trainer(
         tiny,
         tmp_path,
@@ -168,6 +178,7 @@ def test_policy_loss_matches_trl(tiny, tmp_path, loss_type, beta, level, epsilon
         epsilon=0.2,
         epsilon_high=epsilon_high,
         entropy_coef=entropy_coef,
+        use_bias_correction_kl=bias_correction,
     )
     model = trainer.model
     inputs = _loss_inputs(model, torch.Generator().manual_seed(1))
@@ -196,6 +207,7 @@ def test_policy_loss_matches_trl(tiny, tmp_path, loss_type, beta, level, epsilon
         ref_logprobs=inputs["ref_per_token_logps"],
         beta=beta,
         kl_estimator="k3",
+        kl_importance_weighted=bias_correction,
         entropy=entropy,
         entropy_coef=entropy_coef,
         max_completion_length=MAX_COMPLETION_LENGTH,
@@ -207,14 +219,68 @@ def test_policy_loss_matches_trl(tiny, tmp_path, loss_type, beta, level, epsilon
     assert our_grads.keys() == trl_grads.keys() and len(our_grads) > 10
     for name, grad in our_grads.items():
         torch.testing.assert_close(grad, trl_grads[name], atol=1e-5, rtol=1e-5, msg=name)
-    # The batch exercises both clip sides, so the comparison covers the clipped branches too.
-    assert metrics["clip_fraction_low"] > 0 or metrics["clip_fraction_high"] > 0
+    assert metrics["clip_fraction_low"] > 0 and metrics["clip_fraction_high"] > 0
     trl_metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
-    assert metrics["clip_fraction_low"] == pytest.approx(trl_metrics["clip_ratio/low_mean"], abs=1e-6)
-    assert metrics["clip_fraction_high"] == pytest.approx(trl_metrics["clip_ratio/high_mean"], abs=1e-6)
+    assert metrics["clip_fraction_low"] == pytest.approx(
+        trl_metrics["clip_ratio/low_mean"], abs=1e-6
+    )
+    assert metrics["clip_fraction_high"] == pytest.approx(
+        trl_metrics["clip_ratio/high_mean"], abs=1e-6
+    )
     assert metrics["entropy"] == pytest.approx(trl_metrics["entropy"], abs=1e-5)
     if beta:
         assert metrics["kl"] == pytest.approx(trl_metrics["kl"], abs=1e-5)
+
+
+@pytest.mark.parametrize(("loss_type", "beta"), [("dapo", 0.1), ("grpo", 0.0), ("dr_grpo", 0.1)])
+def test_gradient_accumulation_matches_trl(tiny, tmp_path, loss_type, beta):
+    """Two micro-batches of unequal token counts: `total_tokens` is TRL's `num_items_in_batch`."""
+    trainer = _grpo_trainer(
+        tiny, tmp_path, loss_type=loss_type, beta=beta, gradient_accumulation_steps=2
+    )
+    model = trainer.model
+    micro = [
+        _loss_inputs(model, torch.Generator().manual_seed(1)),
+        _loss_inputs(model, torch.Generator().manual_seed(2), completion_lens=(1, 1, 3, 2)),
+    ]
+    total_tokens = sum(m["completion_mask"].sum() for m in micro)
+    model.zero_grad(set_to_none=True)
+    trl_loss = 0.0
+    for inputs in micro:
+        inputs["num_items_in_batch"] = total_tokens  # spans the generation batch in TRL
+        loss = trainer.compute_loss(model, inputs)
+        loss.backward()
+        trl_loss += loss.detach()
+    trl_grads = _grads(model)
+
+    our_loss = 0.0
+    for inputs in micro:
+        logps, _ = _our_logprobs(
+            model,
+            inputs["prompt_ids"],
+            inputs["prompt_mask"],
+            inputs["completion_ids"],
+            inputs["completion_mask"],
+        )
+        loss, _ = policy_loss(
+            logps,
+            inputs["old_per_token_logps"],
+            inputs["advantages"],
+            inputs["completion_mask"],
+            aggregation=AGGREGATION[loss_type],
+            ref_logprobs=inputs["ref_per_token_logps"],
+            beta=beta,
+            max_completion_length=MAX_COMPLETION_LENGTH,
+            total_tokens=total_tokens,
+            total_sequences=8,
+        )
+        loss.backward()
+        our_loss += loss.detach()
+    our_grads = _grads(model)
+
+    torch.testing.assert_close(our_loss, trl_loss, atol=1e-5, rtol=1e-5)
+    for name, grad in our_grads.items():
+        torch.testing.assert_close(grad, trl_grads[name], atol=1e-5, rtol=1e-5, msg=name)
 
 
 # Rewards of 3 prompts x 4 generations: a mixed group, a group with None, a constant group.
@@ -263,15 +329,13 @@ def test_rloo_advantages_match_trl(tiny, tmp_path):
             normalize_advantages=False,
         )
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer = RLOOTrainer(
-            model=path,
-            reward_funcs=_column_reward,
-            args=args,
-            train_dataset=_dataset(),
-            processing_class=tokenizer,
-        )
+    trainer = RLOOTrainer(
+        model=path,
+        reward_funcs=_column_reward,
+        args=args,
+        train_dataset=_dataset(),
+        processing_class=tokenizer,
+    )
     trainer.model.train()
     out = trainer._generate_and_score_completions(_reward_inputs())
     torch.testing.assert_close(out["advantages"], _our_advantages("rloo", None))

@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from rlhf.algorithms.filtering import dynamic_sampling_mask
 from rlhf.algorithms.losses import KLEstimator, kl_estimate
 
 Estimator = Literal["grpo", "dr_grpo", "rloo"]
@@ -69,8 +70,8 @@ def group_advantages(
     rewards = rewards.float()
     valid = ~torch.isnan(rewards)
     r = torch.where(valid, rewards, 0.0)
-    _, index = torch.unique(groups, return_inverse=True)
-    num_groups = int(index.max()) + 1 if index.numel() else 0
+    ids, index = torch.unique(groups, return_inverse=True)
+    num_groups = ids.numel()
 
     def group_sum(x: Tensor) -> Tensor:
         return torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, index, x)
@@ -78,10 +79,9 @@ def group_advantages(
     count = group_sum(valid.float())[index]
     total = group_sum(r)[index]
     mean = total / count.clamp(min=1)
-    if estimator == "rloo":
-        advantages = r - (total - r) / (count - 1).clamp(min=1)
-    else:
-        advantages = r - mean
+    # RLOO's baseline leaves the sample out: the mean of the other valid rewards of its group.
+    baseline = (total - r) / (count - 1).clamp(min=1) if estimator == "rloo" else mean
+    advantages = r - baseline
 
     if scaling == "group":
         var = group_sum(torch.where(valid, (r - mean) ** 2, 0.0))[index] / (count - 1).clamp(min=1)
@@ -91,7 +91,10 @@ def group_advantages(
         std = rewards[valid].std() if n > 1 else rewards.new_zeros(())
         advantages = advantages / (std + eps)
 
-    return torch.where(valid & (count > 1), advantages, 0.0)
+    # Exactly 0 where there is no signal: round-off in a constant group's mean must not come
+    # back, divided by the eps-sized std, as an advantage.
+    informative = dynamic_sampling_mask(rewards, groups)
+    return torch.where(valid & informative, advantages, 0.0)
 
 
 def final_token_rewards(scores: Tensor, mask: Tensor) -> Tensor:
@@ -178,7 +181,9 @@ def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) 
     With ``shift_mean=False`` the mean is kept (only the scale changes).
     """
     if x.shape != mask.shape:
-        raise ValueError(f"x and mask must have the same shape; got {tuple(x.shape)}, {tuple(mask.shape)}")
+        raise ValueError(
+            f"x and mask must have the same shape; got {tuple(x.shape)}, {tuple(mask.shape)}"
+        )
     mask = mask.float()
     n = mask.sum()
     mean = (x * mask).sum() / n.clamp(min=1)

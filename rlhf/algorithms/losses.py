@@ -3,23 +3,25 @@
 Pure tensor functions over completion tokens: every ``[B, T]`` input is aligned with the
 completion, ``mask`` is 1 on trained tokens. Log-probs come from the trainer (chunked elsewhere).
 
-Aggregation modes and TRL 1.16 ``GRPOTrainer`` loss types (``_compute_loss``), one process:
+Aggregation modes and TRL 1.16 ``GRPOTrainer`` loss types (``_compute_loss``):
 
-============  ==============================  ===============================================
-ours          TRL ``loss_type``               normaliser of ``sum(loss * mask)``
-============  ==============================  ===============================================
-token_mean    ``dapo`` (TRL default)          tokens of the whole batch (TRL:
-                                              ``num_items_in_batch``, global over processes
-                                              and the generation batch) -> ``total_tokens``
-token_mean    ``bnpo``                        tokens of the micro-batch (local ``mask.sum()``)
-seq_mean      ``grpo``                        per-sequence token mean, then mean over sequences
-dr_grpo       ``dr_grpo``                     ``B * max_completion_length``
-============  ==============================  ===============================================
+==========  =============  ===========================================================
+ours        TRL loss_type  ``sum(loss * mask)`` is divided by
+==========  =============  ===========================================================
+token_mean  ``dapo``       the tokens of the whole batch: ``total_tokens`` = TRL's
+            (TRL default)  ``num_items_in_batch`` (per process: global count / processes)
+token_mean  ``bnpo``       the micro-batch's tokens (local ``mask.sum()``); TRL then
+                           divides by the number of micro-batches
+seq_mean    ``grpo``       per sequence its token count, then ``total_sequences``
+                           (TRL: the micro-batch size, then the number of micro-batches)
+dr_grpo     ``dr_grpo``    ``total_sequences * max_completion_length`` (TRL: micro-batch
+                           size times it, then the number of micro-batches)
+==========  =============  ===========================================================
 
-On one process with one micro-batch ``dapo`` and ``bnpo`` are the same. GSPO is ``seq_mean``
-with ``importance_sampling_level="sequence"`` (TRL: ``loss_type="grpo"`` + the same level).
-With gradient accumulation, pass ``total_tokens`` / ``total_sequences`` of the whole batch so
-that the micro-batch losses sum to the full-batch loss (TRL ``dapo`` does this for tokens).
+``total_tokens`` / ``total_sequences`` default to the micro-batch's own, so with one micro-batch
+on one process ``dapo`` and ``bnpo`` coincide. Passing the whole batch's counts makes the
+micro-batch losses sum to the full-batch loss under gradient accumulation. GSPO is ``seq_mean``
+with ``importance_sampling_level="sequence"`` (TRL: ``loss_type="grpo"``, same level).
 """
 
 from __future__ import annotations
@@ -63,7 +65,9 @@ def aggregate(
     masked = torch.where(mask.bool(), per_token, 0.0)  # not `* mask`: padding may hold inf/NaN
     if mode == "token_mean":
         denominator = mask.sum() if total_tokens is None else total_tokens
-        return masked.sum() / torch.as_tensor(denominator, dtype=masked.dtype).clamp(min=1)
+        return masked.sum() / torch.as_tensor(
+            denominator, dtype=masked.dtype, device=masked.device
+        ).clamp(min=1)
     sequences = mask.size(0) if total_sequences is None else total_sequences
     if mode == "seq_mean":
         return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / max(sequences, 1)
@@ -102,6 +106,7 @@ def policy_loss(
     ref_logprobs: Tensor | None = None,
     beta: float = 0.0,
     kl_estimator: KLEstimator = "k3",
+    kl_importance_weighted: bool = True,
     entropy: Tensor | None = None,
     entropy_coef: float = 0.0,
     max_completion_length: int | None = None,
@@ -123,16 +128,24 @@ def policy_loss(
             ``total_tokens`` / ``total_sequences`` for gradient accumulation.
         ref_logprobs, beta, kl_estimator: ``beta * KL(policy || ref)`` is added per token before
             aggregation (TRL's loss-side KL uses k3). ``ref_logprobs`` alone logs the KL.
+        kl_importance_weighted: multiply the per-token KL by the (unclipped, differentiable)
+            importance ratio, which makes its gradient the unbiased reverse-KL gradient when the
+            samples come from the old policy (DeepSeek-V3.2; TRL's ``use_bias_correction_kl``,
+            on by default in TRL 1.16). It changes the gradient even on-policy.
         entropy, entropy_coef: ``[B, T]`` per-token entropy; ``entropy_coef`` times its token
             mean over the batch is subtracted (TRL's entropy bonus, whatever the aggregation).
 
     Returns ``(loss, metrics)``; metrics are floats: ``policy_loss`` (surrogate only),
     ``clip_fraction`` and its ``_low`` / ``_high`` parts (share of tokens, or sequences at
     sequence level, whose gradient the clip removes), ``ratio_mean``, ``ratio_max``, and
-    ``kl`` / ``entropy`` when given (token means).
+    ``kl`` (as it enters the loss) / ``entropy`` when given (token means).
     """
     _check_same_shape(
-        mask, logprobs=logprobs, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, entropy=entropy
+        mask,
+        logprobs=logprobs,
+        old_logprobs=old_logprobs,
+        ref_logprobs=ref_logprobs,
+        entropy=entropy,
     )
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1)
@@ -145,8 +158,10 @@ def policy_loss(
             f"importance_sampling_level must be 'token' or 'sequence', got {importance_sampling_level!r}"
         )
 
+    # Ratios and the loss in fp32 whatever the model's dtype (bf16 log-probs lose the ratio).
+    logprobs, old_logprobs = logprobs.float(), old_logprobs.float()
     valid = mask.bool()
-    mask = mask.to(logprobs.dtype)
+    mask = mask.float()
     # Untrained positions may hold anything (padding, -inf); keep them out of exp().
     log_ratio = torch.where(valid, logprobs - old_logprobs, 0.0)
     if importance_sampling_level == "sequence":
@@ -170,12 +185,17 @@ def policy_loss(
     if ref_logprobs is not None:
         # Zero both sides off the mask first, so padding cannot put inf/NaN into the gradient.
         kl = kl_estimate(
-            torch.where(valid, logprobs, 0.0), torch.where(valid, ref_logprobs, 0.0), kl_estimator
+            torch.where(valid, logprobs, 0.0),
+            torch.where(valid, ref_logprobs.float(), 0.0),
+            kl_estimator,
         )
+        if kl_importance_weighted:
+            kl = kl * ratio
         if beta != 0.0:
             loss = loss + beta * reduce(kl)
     if entropy is not None and entropy_coef != 0.0:
-        loss = loss - entropy_coef * aggregate(entropy, mask, "token_mean", total_tokens=total_tokens)
+        bonus = aggregate(entropy.float(), mask, "token_mean", total_tokens=total_tokens)
+        loss = loss - entropy_coef * bonus
 
     with torch.no_grad():
         low = ((ratio < 1 - clip_low) & (advantages < 0)).to(mask.dtype)
@@ -184,7 +204,7 @@ def policy_loss(
         def mean(x: Tensor) -> float:
             if x.size(1) == 1:  # one value per sequence
                 return x.mean().item()
-            return ((x * mask).sum() / mask.sum().clamp(min=1)).item()
+            return (torch.where(valid, x, 0.0).sum() / mask.sum().clamp(min=1)).item()
 
         ratio_full = ratio.expand_as(mask)
         metrics = {
@@ -222,12 +242,15 @@ def value_loss(
     (tokens where the clipped term is the larger), ``value_mean``.
     """
     _check_same_shape(mask, values=values, old_values=old_values, returns=returns)
+    values, old_values, returns = values.float(), old_values.float(), returns.float()
     loss_unclipped = (values - returns) ** 2
     if clip_range_value is None:
         per_token = loss_unclipped
         clipped_share = torch.zeros_like(per_token)
     else:
-        clipped_values = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
+        clipped_values = old_values + torch.clamp(
+            values - old_values, -clip_range_value, clip_range_value
+        )
         loss_clipped = (clipped_values - returns) ** 2
         per_token = torch.max(loss_unclipped, loss_clipped)
         clipped_share = (loss_clipped > loss_unclipped).to(values.dtype)
@@ -240,11 +263,11 @@ def value_loss(
         total_sequences=total_sequences,
     )
     with torch.no_grad():
-        m = mask.to(values.dtype)
-        n = m.sum().clamp(min=1)
+        valid = mask.bool()
+        n = valid.sum().clamp(min=1)
         metrics = {
             "value_loss": loss.item(),
-            "value_clip_fraction": ((clipped_share * m).sum() / n).item(),
-            "value_mean": ((values * m).sum() / n).item(),
+            "value_clip_fraction": (torch.where(valid, clipped_share, 0.0).sum() / n).item(),
+            "value_mean": (torch.where(valid, values, 0.0).sum() / n).item(),
         }
     return loss, metrics

@@ -1,0 +1,170 @@
+"""A language model as judge, through any OpenAI-compatible ``/v1/chat/completions`` endpoint.
+
+The API key is read from the environment variable named in the recipe at each request; it is
+never stored on an object, logged, or put in an error message. Requests run concurrently (up to
+``max_concurrency``); a failed request is retried with exponential backoff; a request that still
+fails gives None for its sample. When every request of a batch fails the reward raises, so the
+runner counts and reports the failure instead of hiding it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rewards.registry import reward
+from rewards.text import column, completion_fields, prompt_text
+from rewards.threads import run_in_daemon_thread
+
+logger = logging.getLogger(__name__)
+
+PARALINGUISTIC_TEMPLATE = (
+    "You grade a speech assistant's answer about the {dimension} of a speaker's voice.\n"
+    "Question: {question}\n"
+    "Reference label: {label}\n"
+    "Answer: {answer}\n"
+    "Does the answer agree with the reference label? Reply with one number: 1 if it does, 0 if not."
+)
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+class JudgeError(RuntimeError):
+    """A judge request that failed after all retries."""
+
+
+@dataclass(frozen=True)
+class JudgeClient:
+    """Blocking chat-completion requests with retries; ``url`` is the base (``.../v1``) or full URL."""
+
+    url: str
+    model: str
+    api_key_env: str | None = "OPENAI_API_KEY"
+    timeout_s: float = 30.0
+    retries: int = 2
+    backoff_s: float = 0.5
+    max_tokens: int = 16
+
+    @property
+    def endpoint(self) -> str:
+        url = self.url.rstrip("/")
+        return url if url.endswith("/chat/completions") else url + "/chat/completions"
+
+    def complete(self, prompt: str) -> str:
+        """The judge's reply to one user message."""
+        body = json.dumps(
+            {
+                "model": self.model,
+                "messages": [{"role": "user", "content": prompt}],
+                "temperature": 0,
+                "max_tokens": self.max_tokens,
+            }
+        ).encode()
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        last = "no attempt"
+        for attempt in range(max(0, self.retries) + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            request = urllib.request.Request(self.endpoint, data=body, headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    reply = json.load(response)
+                return reply["choices"][0]["message"]["content"] or ""
+            except urllib.error.HTTPError as e:
+                last = f"HTTP {e.code} from {self.endpoint}"
+                if e.code != 429 and e.code < 500:
+                    break  # the request itself is wrong: retrying will not help
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                last = f"{type(e).__name__} from {self.endpoint}: {getattr(e, 'reason', e)}"
+            except (ValueError, KeyError, IndexError, TypeError):
+                last = f"malformed reply from {self.endpoint}"
+        raise JudgeError(f"judge request failed after {attempt + 1} tries: {last}")
+
+
+def parse_score(reply: str) -> float | None:
+    """The first number in the reply clipped to [0, 1]; "yes" / "no" read as 1 / 0."""
+    match = _NUMBER.search(reply)
+    if match:
+        return min(1.0, max(0.0, float(match.group())))
+    words = reply.strip().lower()
+    if words.startswith("yes"):
+        return 1.0
+    if words.startswith("no"):
+        return 0.0
+    return None
+
+
+async def judge_scores(
+    client: JudgeClient, prompts: Sequence[str | None], max_concurrency: int = 8
+) -> list[float | None]:
+    """Score each prompt with the judge (None prompts are skipped); raises if every request fails."""
+    limit = asyncio.Semaphore(max(1, max_concurrency))
+
+    async def one(prompt: str) -> float | JudgeError | None:
+        async with limit:
+            try:
+                return parse_score(await run_in_daemon_thread(client.complete, prompt))
+            except JudgeError as e:
+                logger.warning("%s", e)
+                return e
+
+    todo = [i for i, p in enumerate(prompts) if p is not None]
+    replies = await asyncio.gather(*(one(prompts[i]) for i in todo))
+    failures = [r for r in replies if isinstance(r, JudgeError)]
+    if todo and len(failures) == len(todo):
+        raise failures[0]
+    scores: list[float | None] = [None] * len(prompts)
+    for i, reply in zip(todo, replies, strict=True):
+        scores[i] = None if isinstance(reply, JudgeError) else reply
+    return scores
+
+
+@reward("paralinguistic_judge")
+async def paralinguistic_judge(
+    prompts: list[Any],
+    completions: list[Any],
+    *,
+    url: str,
+    model: str,
+    api_key_env: str | None = "OPENAI_API_KEY",
+    template: str = PARALINGUISTIC_TEMPLATE,
+    label_column: str = "label",
+    dimension_column: str = "task",
+    timeout_s: float = 30.0,
+    retries: int = 2,
+    backoff_s: float = 0.5,
+    max_concurrency: int = 8,
+    **kwargs: Any,
+) -> list[float | None]:
+    """Ask the judge whether each answer agrees with the row's free-text label.
+
+    ``template`` is formatted with ``question`` (the prompt's user text), ``label``, ``answer`` and
+    ``dimension``. Rows without a label get None. Give the runner's ``timeout_s`` room for the
+    retries: about ``(retries + 1) · timeout_s`` plus the backoff.
+    """
+    client = JudgeClient(url, model, api_key_env, timeout_s, retries, backoff_s)
+    labels = column(kwargs, label_column, "paralinguistic_judge")
+    dims = kwargs.get(dimension_column) or [""] * len(completions)
+    prompts = prompts or [None] * len(completions)
+    messages = [
+        None
+        if label is None
+        else template.format(
+            question=prompt_text(prompt), label=label, answer=parsed.answer, dimension=dim
+        )
+        for prompt, parsed, label, dim in zip(
+            prompts, completion_fields(completions, kwargs), labels, dims, strict=True
+        )
+    ]
+    return await judge_scores(client, messages, max_concurrency)

@@ -1,0 +1,251 @@
+"""A stand-in speech tokenizer: waveform <-> discrete audio codes at 25 Hz.
+
+Step-Audio 2 speaks in CosyVoice 2 codes (6561 of them, 25 Hz) and turns them back into sound with
+a flow-matching detokenizer and a vocoder; neither can run in this project's CPU-only, offline
+setting. ``KMeansCodec`` takes their place for the synthetic dataset and the tiny model: it
+quantises stacks of four 10 ms log-mel frames (40 ms, so 25 codes per second like CosyVoice 2)
+with k-means fitted on the synthetic corpus, and decodes with Griffin-Lim. It is a *stand-in*:
+the codes carry coarse spectral shape, not the semantic content of real speech tokens, and its
+audio is buzzy but of the right length and loudness.
+
+Anything with ``encode``, ``decode``, ``sample_rate`` and ``codebook_size`` (the
+``AudioTokenizer`` protocol) plugs in instead, e.g. a wrapper around the real CosyVoice 2
+tokenizer and detokenizer. The codebook size must not exceed the policy's number of audio codes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+from transformers.audio_utils import mel_filter_bank
+
+CONFIG_NAME = "codec_config.json"
+WEIGHTS_NAME = "codebook.safetensors"
+
+
+@runtime_checkable
+class AudioTokenizer(Protocol):
+    """Speech tokenizer + detokenizer: what the data pipeline and rewards need of one."""
+
+    sample_rate: int
+    codebook_size: int
+
+    def encode(self, wav: np.ndarray) -> list[int]:
+        """Codes of a mono waveform at ``sample_rate``."""
+        ...
+
+    def decode(self, codes: Sequence[int]) -> np.ndarray:
+        """A mono float32 waveform at ``sample_rate`` for ``codes``."""
+        ...
+
+
+class KMeansCodec:
+    """k-means over stacked log-mel frames (encode) and Griffin-Lim (decode); see module doc.
+
+    ``codebook``: ``[codebook_size, stack * n_mels]`` centroids in natural-log mel magnitude.
+    """
+
+    sample_rate = 16_000
+    n_fft = 512
+    hop_length = 160  # 100 mel frames per second ...
+    stack = 4  # ... stacked by four: one code per 640 samples, 25 Hz
+    n_mels = 80
+    floor = 1e-5  # added before the log, so silence is finite
+
+    def __init__(self, codebook: np.ndarray, griffin_lim_iters: int = 32):
+        codebook = np.asarray(codebook, dtype=np.float32)
+        if codebook.ndim != 2 or codebook.shape[1] != self.stack * self.n_mels:
+            raise ValueError(
+                f"codebook must be [K, {self.stack * self.n_mels}], got {codebook.shape}"
+            )
+        self.codebook = codebook
+        self.griffin_lim_iters = griffin_lim_iters
+        self._window = torch.hann_window(self.n_fft, dtype=torch.float64)
+        filters = mel_filter_bank(
+            num_frequency_bins=self.n_fft // 2 + 1,
+            num_mel_filters=self.n_mels,
+            min_frequency=0.0,
+            max_frequency=self.sample_rate / 2,
+            sampling_rate=self.sample_rate,
+            norm="slaney",
+            mel_scale="slaney",
+        ).T  # [n_mels, n_freqs]
+        self._mel = filters
+        self._mel_pinv = np.linalg.pinv(filters)
+
+    @property
+    def codebook_size(self) -> int:
+        return len(self.codebook)
+
+    @property
+    def samples_per_code(self) -> int:
+        return self.hop_length * self.stack
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.samples_per_code
+
+    # --- features ------------------------------------------------------------------------------
+
+    def _stft(self, wav: torch.Tensor) -> torch.Tensor:
+        return torch.stft(
+            wav, self.n_fft, self.hop_length, window=self._window, center=True, return_complex=True
+        )
+
+    def features(self, wav: np.ndarray) -> np.ndarray:
+        """``[num_codes, stack * n_mels]``: one row per 40 ms, the last one zero-padded."""
+        wav = np.asarray(wav, dtype=np.float64)
+        if wav.ndim != 1 or wav.size == 0:
+            raise ValueError(f"expected a non-empty mono waveform, got shape {wav.shape}")
+        num_codes = -(-wav.size // self.samples_per_code)
+        padded = np.zeros(num_codes * self.samples_per_code)
+        padded[: wav.size] = wav
+        magnitude = self._stft(torch.from_numpy(padded)).abs().numpy()[:, :-1]  # [F, 4 * codes]
+        log_mel = np.log(self._mel @ magnitude + self.floor)  # [n_mels, 4 * codes]
+        return log_mel.T.reshape(num_codes, self.stack * self.n_mels)
+
+    # --- codes ---------------------------------------------------------------------------------
+
+    def _nearest(self, vectors: np.ndarray) -> np.ndarray:
+        return _nearest(vectors, self.codebook.astype(np.float64))
+
+    def encode(self, wav: np.ndarray) -> list[int]:
+        """One code per 40 ms of 16 kHz audio (``ceil(len / 640)`` codes)."""
+        return self._nearest(self.features(wav)).tolist()
+
+    def decode(self, codes: Sequence[int]) -> np.ndarray:
+        """16 kHz float32 audio, ``640 * len(codes)`` samples, via Griffin-Lim."""
+        codes = np.asarray(codes, dtype=np.int64)
+        if codes.ndim != 1 or codes.size == 0:
+            raise ValueError("decode needs a non-empty sequence of codes")
+        bad = codes[(codes < 0) | (codes >= self.codebook_size)]
+        if bad.size:
+            raise ValueError(
+                f"code {int(bad[0])} is outside the codebook [0, {self.codebook_size})"
+            )
+        log_mel = self.codebook[codes].astype(np.float64).reshape(-1, self.n_mels).T
+        mel = np.clip(np.exp(log_mel) - self.floor, 0.0, None)
+        # No installed library inverts a mel spectrogram (torchaudio is not available), so by hand:
+        # the filterbank's pseudo-inverse gives linear magnitudes, Griffin-Lim a phase for them.
+        magnitude = np.clip(self._mel_pinv @ mel, 0.0, None)
+        magnitude = np.concatenate([magnitude, magnitude[:, -1:]], axis=1)  # the dropped frame
+        wav = self._griffin_lim(torch.from_numpy(magnitude), codes.size * self.samples_per_code)
+        return wav.astype(np.float32)
+
+    def _griffin_lim(self, magnitude: torch.Tensor, length: int) -> np.ndarray:
+        """Fast Griffin-Lim (Perraudin et al., 2013: momentum 0.99) from a fixed random phase."""
+        generator = torch.Generator().manual_seed(0)
+        phase = torch.rand(magnitude.shape, generator=generator, dtype=torch.float64)
+        angles = torch.polar(torch.ones_like(magnitude), 2 * torch.pi * phase)
+        momentum = 0.99 / 1.99
+        previous = torch.zeros_like(angles)
+        for _ in range(self.griffin_lim_iters):
+            wav = torch.istft(
+                magnitude * angles, self.n_fft, self.hop_length, window=self._window, length=length
+            )
+            rebuilt = self._stft(wav)
+            angles = rebuilt - momentum * previous
+            angles = angles / (angles.abs() + 1e-16)
+            previous = rebuilt
+        wav = torch.istft(
+            magnitude * angles, self.n_fft, self.hop_length, window=self._window, length=length
+        )
+        return wav.numpy()
+
+    # --- fitting and files ---------------------------------------------------------------------
+
+    @classmethod
+    def fit(
+        cls,
+        wavs: Iterable[np.ndarray],
+        codebook_size: int = 64,
+        *,
+        seed: int = 0,
+        max_vectors: int = 50_000,
+        iterations: int = 30,
+    ) -> KMeansCodec:
+        """Fit the codebook on 16 kHz clips. Deterministic for a given ``seed`` and input order."""
+        codec = cls(np.zeros((1, cls.stack * cls.n_mels), np.float32))
+        vectors = np.concatenate([codec.features(wav) for wav in wavs])
+        rng = np.random.default_rng(seed)
+        if len(vectors) > max_vectors:
+            vectors = vectors[np.sort(rng.choice(len(vectors), max_vectors, replace=False))]
+        if len(vectors) < codebook_size:
+            raise ValueError(
+                f"{len(vectors)} frames of audio cannot fit {codebook_size} codes; give more audio"
+            )
+        codec.codebook = _kmeans(vectors, codebook_size, rng, iterations).astype(np.float32)
+        return codec
+
+    def save(self, directory: str | os.PathLike) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({"codebook": self.codebook}, str(directory / WEIGHTS_NAME))
+        config = {
+            "codec": type(self).__name__,
+            "note": "stand-in for CosyVoice 2 speech tokens; see rlhf/data/codec.py",
+            "sample_rate": self.sample_rate,
+            "frame_rate": self.frame_rate,
+            "codebook_size": self.codebook_size,
+            "n_fft": self.n_fft,
+            "hop_length": self.hop_length,
+            "stack": self.stack,
+            "n_mels": self.n_mels,
+            "griffin_lim_iters": self.griffin_lim_iters,
+        }
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> KMeansCodec:
+        directory = Path(directory)
+        config_path = directory / CONFIG_NAME
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{config_path}: no codec config (made by `rlhf make-data`)")
+        config = json.loads(config_path.read_text())
+        for key in ("sample_rate", "n_fft", "hop_length", "stack", "n_mels"):
+            if config.get(key) != getattr(cls, key):
+                raise ValueError(
+                    f"{config_path}: {key}={config.get(key)!r}, this code expects "
+                    f"{getattr(cls, key)!r}"
+                )
+        codebook = load_file(str(directory / WEIGHTS_NAME))["codebook"]
+        return cls(codebook, griffin_lim_iters=config.get("griffin_lim_iters", 32))
+
+
+def _nearest(vectors: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Index of the nearest center (squared Euclidean) for each vector."""
+    distances = (centers**2).sum(1)[None, :] - 2.0 * vectors @ centers.T
+    return distances.argmin(axis=1)
+
+
+def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int) -> np.ndarray:
+    """Lloyd's k-means with k-means++ seeding, in float64 (no installed library has k-means)."""
+    x = x.astype(np.float64)
+    centers = np.empty((k, x.shape[1]))
+    centers[0] = x[rng.integers(len(x))]
+    closest = ((x - centers[0]) ** 2).sum(1)
+    for j in range(1, k):
+        total = closest.sum()
+        index = rng.choice(len(x), p=closest / total) if total > 0 else rng.integers(len(x))
+        centers[j] = x[index]
+        closest = np.minimum(closest, ((x - centers[j]) ** 2).sum(1))
+    assignment = None
+    for _ in range(iterations):
+        new_assignment = _nearest(x, centers)
+        if assignment is not None and np.array_equal(new_assignment, assignment):
+            break
+        assignment = new_assignment
+        counts = np.bincount(assignment, minlength=k)
+        one_hot = np.zeros((len(x), k))
+        one_hot[np.arange(len(x)), assignment] = 1.0
+        sums = one_hot.T @ x
+        filled = counts > 0  # an empty cluster keeps its center
+        centers[filled] = sums[filled] / counts[filled, None]
+    return centers
