@@ -103,7 +103,7 @@ def think_length(
     scores = []
     for parsed in completion_fields(completions, kwargs):
         think = parsed.think or ""
-        ok = THINK_END in completion_text(parsed.text) and count_words(think) >= max(min_words, 1)
+        ok = parsed.think_closed and count_words(think) >= max(min_words, 1)
         if ok and max_words is not None:
             ok = count_words(think) <= max_words
         if ok and max_tokens is not None:
@@ -138,7 +138,7 @@ def think_length_soft(
     """
     scores = []
     for parsed in completion_fields(completions, kwargs):
-        if parsed.think is None or THINK_END not in completion_text(parsed.text):
+        if parsed.think is None or not parsed.think_closed:
             scores.append(0.0)
             continue
         value = alpha * (target_words - count_words(parsed.think)) + delta

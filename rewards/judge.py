@@ -141,7 +141,7 @@ async def paralinguistic_judge(
     template: str = PARALINGUISTIC_TEMPLATE,
     label_column: str = "label",
     dimension_column: str = "task",
-    timeout_s: float = 30.0,
+    request_timeout_s: float = 30.0,
     retries: int = 2,
     backoff_s: float = 0.5,
     max_concurrency: int = 8,
@@ -150,10 +150,10 @@ async def paralinguistic_judge(
     """Ask the judge whether each answer agrees with the row's free-text label.
 
     ``template`` is formatted with ``question`` (the prompt's user text), ``label``, ``answer`` and
-    ``dimension``. Rows without a label get None. Give the runner's ``timeout_s`` room for the
-    retries: about ``(retries + 1) · timeout_s`` plus the backoff.
+    ``dimension``. Rows without a label get None. Each request waits ``request_timeout_s``; give
+    the spec's ``timeout_s`` room for the retries: ``(retries + 1) · request_timeout_s`` + backoff.
     """
-    client = JudgeClient(url, model, api_key_env, timeout_s, retries, backoff_s)
+    client = JudgeClient(url, model, api_key_env, request_timeout_s, retries, backoff_s)
     labels = column(kwargs, label_column, "paralinguistic_judge")
     dims = kwargs.get(dimension_column) or [""] * len(completions)
     prompts = prompts or [None] * len(completions)

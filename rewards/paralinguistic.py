@@ -14,8 +14,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rewards.audio import to_mono
-from rewards.registry import reward
+from rewards.audio import sample_rates, to_mono
+from rewards.registry import resolve, reward
 from rewards.text import CJK, column, completion_fields
 
 # The label spaces of STEP_AUDIO2.md's benchmarks (StepEval-Audio-Paralinguistic dimensions,
@@ -114,9 +114,7 @@ LABELS: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 # A mention is negated when one of these words is among the three before it, in the same clause.
-NEGATIONS = frozenset(
-    ("not", "no", "never", "neither", "nor", "without", "than", "instead", "rather")
-)
+NEGATIONS = frozenset(("not", "no", "never", "neither", "nor", "without", "than", "instead"))
 NEGATIONS |= {"isnt", "arent", "wasnt", "werent", "dont", "doesnt", "didnt", "cant", "wont"}
 # Chinese negation just before a CJK synonym: 不快 "not fast", 不是男性 "not male".
 _CJK_NEGATED = re.compile(r"[不没沒非无無](?:是|太|很|够|夠)?$")
@@ -246,8 +244,6 @@ class ParalinguisticClassifier:
     ):
         from transformers import pipeline  # heavy: only when this reward is built
 
-        from rewards.transcription import resolve
-
         if source not in ("input", "spoken") or compare_to not in ("answer", "label"):
             raise ValueError(
                 "paralinguistic_classifier: source is 'input' or 'spoken', compare_to 'answer' or 'label'"
@@ -260,7 +256,7 @@ class ParalinguisticClassifier:
                 f"paralinguistic_classifier: unknown dimension {dimension!r} (known: {sorted(label_space(synonyms))})"
             )
         self.pipe = pipeline("audio-classification", model=model, device=device)
-        self.dimension, self.source, self.compare_to = dimension, source, compare_to
+        self.dimension, self.source, self.compare_to = dimension.lower(), source, compare_to
         self.label_column, self.dimension_column = label_column, dimension_column
         self.label_map = {k.lower(): v for k, v in (label_map or {}).items()}
         self.detokenizer = resolve(detokenizer)
@@ -275,9 +271,8 @@ class ParalinguisticClassifier:
         rows = [i for i in range(n) if dims is None or str(dims[i]).lower() == self.dimension]
         if self.source == "input":
             audio = column(kwargs, "audio", "paralinguistic_classifier")
-            rates = kwargs.get("sample_rate")
-            rates = rates if isinstance(rates, Sequence) else [rates] * n
-            rows = [i for i in rows if audio[i] is not None]
+            rates = sample_rates(kwargs, n)
+            rows = [i for i in rows if audio[i] is not None and len(audio[i])]
             waveforms = [to_mono(audio[i], rates[i]) for i in rows]
         else:
             rows = [i for i in rows if parsed[i].audio_codes]

@@ -34,8 +34,9 @@ def reward(name: str | None = None) -> Callable[[Any], Any]:
 
     def register(obj: Any) -> Any:
         key = name or obj.__name__
-        if key in _REGISTRY and _REGISTRY[key] is not obj:
-            existing = _REGISTRY[key]
+        existing = _REGISTRY.get(key)
+        # Re-running the same definition (a notebook cell, a reloaded module) replaces it.
+        if existing is not None and _origin(existing) != _origin(obj):
             raise ValueError(
                 f"reward {key!r} is already registered by "
                 f"{existing.__module__}.{existing.__qualname__}"
@@ -44,6 +45,10 @@ def reward(name: str | None = None) -> Callable[[Any], Any]:
         return obj
 
     return register
+
+
+def _origin(obj: Any) -> tuple[str, str]:
+    return getattr(obj, "__module__", ""), getattr(obj, "__qualname__", "")
 
 
 def registered_rewards() -> list[str]:
@@ -55,18 +60,19 @@ def get_reward(name: str | RewardFn, **params: Any) -> RewardFn:
     """Build a reward callable ``fn(prompts, completions, **kwargs) -> list[float | None]``.
 
     ``name`` is a registered name, ``"package.module:attribute"``, or a callable. The object
-    found is used as follows: a class is instantiated with ``params``; a function with a
-    ``completions`` parameter is the reward, with ``params`` bound as keyword arguments; any other
-    function is a factory (such as ``trl.rewards:get_soft_overlong_punishment``) called with
-    ``params`` to make the reward.
+    found is used as follows: a class is instantiated with ``params``; a function that takes
+    neither ``completions`` nor ``**kwargs`` is a factory (such as
+    ``trl.rewards:get_soft_overlong_punishment``) called with ``params`` to make the reward; any
+    other callable is the reward, with ``params`` bound as keyword arguments.
     """
     obj = name if callable(name) else _lookup(name)
     label = name if isinstance(name, str) else getattr(name, "__name__", repr(name))
     if inspect.isclass(obj):
         _check_params(obj.__init__, params, label, skip_self=True)
         return obj(**params)
-    signature = inspect.signature(obj)
-    if "completions" not in signature.parameters:
+    parameters = inspect.signature(obj).parameters.values()
+    takes_batch = any(p.name == "completions" or p.kind == p.VAR_KEYWORD for p in parameters)
+    if inspect.isfunction(obj) and not takes_batch:
         _check_params(obj, params, label)
         built = obj(**params)
         if not callable(built):
@@ -126,18 +132,41 @@ def _check_params(
 
 
 def _bind(fn: RewardFn, params: dict[str, Any]) -> RewardFn:
-    """``fn`` with ``params`` fixed; they win over dataset columns of the same name."""
     if inspect.iscoroutinefunction(fn):
+        return AsyncBoundReward(fn, params)
+    return BoundReward(fn, params)
 
-        async def bound(*args, **kwargs):
-            return await fn(*args, **{**kwargs, **params})
 
-    else:
+class BoundReward:
+    """A reward with its recipe parameters fixed (they win over dataset columns of the same name).
 
-        def bound(*args, **kwargs):
-            return fn(*args, **{**kwargs, **params})
+    A class, not a closure, so a runner pickles to Ray workers with plain pickle.
+    """
 
-    functools.update_wrapper(bound, fn)
-    del bound.__wrapped__  # keep our signature for inspection, not fn's
-    bound.params = dict(params)
-    return bound
+    def __init__(self, fn: RewardFn, params: dict[str, Any]):
+        self.fn, self.params = fn, dict(params)
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **{**kwargs, **self.params})
+
+    def __repr__(self) -> str:
+        return f"{self.__name__}({', '.join(f'{k}={v!r}' for k, v in self.params.items())})"
+
+
+class AsyncBoundReward(BoundReward):
+    """:class:`BoundReward` for an ``async def`` reward."""
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.fn(*args, **{**kwargs, **self.params})
+
+
+def resolve(obj: Any) -> Any:
+    """A helper object given by the recipe as ``"package.module:name"`` (a detokenizer, an ASR):
+    the object itself, a class instantiated without arguments; anything else is returned as is."""
+    if not isinstance(obj, str):
+        return obj
+    if ":" not in obj:
+        raise ValueError(f"expected 'package.module:name', got {obj!r}")
+    target = _lookup(obj)
+    return target() if inspect.isclass(target) else target

@@ -69,7 +69,9 @@ class RewardSpec:
     def key(self) -> str:
         if self.alias:
             return self.alias
-        return self.name if isinstance(self.name, str) else self.name.__name__
+        if isinstance(self.name, str):
+            return self.name
+        return getattr(self.name, "__name__", type(self.name).__name__)
 
     @classmethod
     def from_dict(cls, entry: Mapping[str, Any] | str, origin: str = "reward") -> RewardSpec:

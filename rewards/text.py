@@ -17,6 +17,7 @@ from typing import Any
 THINK, THINK_END = "<think>", "</think>"
 TTS_START, TTS_END, TTS_PAD = "<tts_start>", "<tts_end>", "<tts_pad>"
 TOOL_CALL, TOOL_CALL_END = "<tool_call>", "</tool_call>"
+ENGINE_FIELDS = ("think", "answer", "spoken_text", "audio_codes")
 AUDIO_PAD_CODE = 6561  # `<audio_6561>` pads the audio stream of a TA4 answer (CosyVoice 2 codebook)
 
 AUDIO_TOKEN = re.compile(r"<audio_(\d+)>")
@@ -24,9 +25,10 @@ AUDIO_TOKEN = re.compile(r"<audio_(\d+)>")
 CONTROL_TOKEN = re.compile(r"<\|[^<>|]{1,40}\|>")
 TOOL_BLOCK = re.compile(re.escape(TOOL_CALL) + r".*?(?:" + re.escape(TOOL_CALL_END) + r"|$)", re.S)
 SPEECH_TOKEN = re.compile(r"<audio_\d+>|<tts_start>|<tts_end>|<tts_pad>")
-# One "word": a CJK character (Chinese is written without spaces) or a run of word characters.
-WORD = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]|\w+")
+# Kana, CJK ideographs and Hangul: scripts written without spaces between words.
 CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
+# One "word": a CJK character or a run of word characters.
+WORD = re.compile(CJK.pattern + r"|\w+")
 
 
 @dataclass(frozen=True)
@@ -108,23 +110,28 @@ def split_completion(text: str, audio_pad_code: int = AUDIO_PAD_CODE) -> Complet
 
 
 def completion_fields(completions: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Completion]:
-    """Each completion read, preferring the engine's parsed fields when they were passed."""
+    """Each completion read: the engine's parsed fields when the batch carries all of them
+    (``think``, ``answer``, ``spoken_text``, ``audio_codes``), else :func:`split_completion`.
+
+    All four or none: a lone ``answer`` is more likely a dataset's gold answer (GSM8K) than ours.
+    """
+    engine = all(isinstance(kwargs.get(key), Sequence) for key in ENGINE_FIELDS)
     out = []
     for i, completion in enumerate(completions):
-        parsed = split_completion(completion_text(completion))
-        given = {
-            key: kwargs[key][i]
-            for key in ("think", "answer", "spoken_text", "audio_codes")
-            if isinstance(kwargs.get(key), Sequence) and not isinstance(kwargs[key], str)
-        }
-        if given:
-            if "audio_codes" in given:
-                given["audio_codes"] = list(given["audio_codes"] or [])
-            for key in ("answer", "spoken_text"):
-                if key in given:
-                    given[key] = given[key] or ""
-            parsed = Completion(**{**parsed.__dict__, **given})
-        out.append(parsed)
+        text = completion_text(completion)
+        if not engine:
+            out.append(split_completion(text))
+            continue
+        out.append(
+            Completion(
+                text=text,
+                think=kwargs["think"][i],
+                answer=kwargs["answer"][i] or "",
+                spoken_text=kwargs["spoken_text"][i] or "",
+                audio_codes=list(kwargs["audio_codes"][i] or []),
+                think_closed=THINK_END in text,
+            )
+        )
     return out
 
 

@@ -8,7 +8,6 @@ own text stream (is the speech faithful to the text?) or with a reference column
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +17,7 @@ import numpy as np
 
 from rewards.audio import SAMPLE_RATE, to_mono
 from rewards.normalize import TextNormalizer
-from rewards.registry import reward
+from rewards.registry import resolve, reward
 from rewards.text import AUDIO_PAD_CODE, CJK, column, completion_fields
 
 Detokenizer = Callable[[list[int]], tuple[np.ndarray, int]]
@@ -156,14 +155,3 @@ class SpokenFidelity:
             error = error_rate(str(references[i]), text, self.metric, self.normalizer)
             scores[i] = None if error is None else error_to_reward(error, self.mapping, self.scale)
         return scores
-
-
-def resolve(obj: Any) -> Any:
-    """``"package.module:name"`` → the object (a class is instantiated without arguments)."""
-    if not isinstance(obj, str):
-        return obj
-    module_name, _, attr = obj.partition(":")
-    if not attr:
-        raise ValueError(f"expected 'package.module:name', got {obj!r}")
-    target = getattr(importlib.import_module(module_name), attr)
-    return target() if isinstance(target, type) else target

@@ -110,7 +110,7 @@ class PPOConfig:
 class AlgorithmConfig:
     name: str = "grpo"  # grpo | ppo
     advantage: str = "grpo"  # grpo | dr_grpo | rloo (ppo uses gae)
-    scale_rewards: str = "group"  # group | batch | none
+    scale_rewards: str | None = None  # group | batch | none; None: the estimator's own default
     loss_aggregation: str = "token_mean"  # token_mean | seq_mean | dr_grpo
     clip_low: float = 0.2
     clip_high: float = 0.2

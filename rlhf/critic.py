@@ -19,7 +19,7 @@ from the parameters that require grad, never sees the critic's.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -177,7 +177,9 @@ def _lora_critic(config: RLConfig, policy: Policy, device: torch.device | str) -
 
     model = policy.model
     if not hasattr(model, "peft_config"):
-        raise TypeError("model.lora.enabled: the policy model must be a peft model for a LoRA critic")
+        raise TypeError(
+            "model.lora.enabled: the policy model must be a peft model for a LoRA critic"
+        )
     if config.algorithm.ppo.critic_path:
         raise ValueError(
             "algorithm.ppo.critic_path initialises a full fine-tuning critic; with model.lora "

@@ -9,7 +9,7 @@ from pathlib import Path
 from rlhf.metrics import read_metrics
 
 PREFERRED = (
-    "reward/total/mean",
+    "reward_total/mean",
     "accuracy",
     "think_words/mean",
     "completion_length/mean",
@@ -55,7 +55,9 @@ def plot_run(run_dir: Path, out: Path | None = None, keys: list[str] | None = No
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--out", type=Path, default=None, help="PNG path (default RUN_DIR/curves.png)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="PNG path (default RUN_DIR/curves.png)"
+    )
     parser.add_argument("--keys", nargs="*", default=None, help="metric names to draw")
 
 

@@ -28,5 +28,5 @@ def run(args: argparse.Namespace) -> int:
     if history:
         last = history[-1]
         print(f"done: {trainer.global_step} steps, run folder {config.run.output_dir}")
-        print(f"last step reward {last.get('reward', {}).get('total', {}).get('mean')}")
+        print(f"last step mean reward {last.get('reward_total', {}).get('mean')}")
     return 0

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from transformers import get_scheduler
 
 from rewards import RewardRunner, RewardSpec
-from rlhf.algorithms import group_advantages, policy_loss
+from rlhf.algorithms import final_token_rewards, gae, group_advantages, kl_penalty, policy_loss
 from rlhf.algorithms.filtering import difficulty_filter, dynamic_sampling_mask, pass_rate
 from rlhf.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, write_atomic
 from rlhf.config import ModelConfig, RLConfig, save_config
@@ -41,14 +41,21 @@ from rollouts.weights import policy_state, state_bytes
 
 @dataclass
 class MicroBatch:
-    """The tensors one forward/backward pass needs, built once per step."""
+    """The tensors one forward/backward pass needs, built once per step.
 
+    ``rows`` indexes the step's rollouts; ``advantages`` is ``[b]`` (GRPO family) or ``[b, C]``
+    (PPO, with ``values`` and ``returns``).
+    """
+
+    rows: torch.Tensor  # [b] long
     sequences: SequenceBatch
     loss_mask: torch.Tensor  # [b, C] float: trained completion tokens of usable samples
-    advantages: torch.Tensor  # [b]
     behaviour_logprobs: torch.Tensor  # [b, C] from the rollout engine
     old_logprobs: torch.Tensor | None = None  # [b, C], when num_iterations > 1
     ref_logprobs: torch.Tensor | None = None  # [b, C], when beta > 0
+    values: torch.Tensor | None = None  # [b, C], PPO
+    returns: torch.Tensor | None = None  # [b, C], PPO
+    advantages: torch.Tensor | None = None
 
 
 def load_policy(config: ModelConfig, device: torch.device) -> Policy:
@@ -126,7 +133,9 @@ class RLTrainer:
         )
         self.engine = None
         if self.accelerator.is_main_process:
-            self.engine = build_engine(config, self.policy, RewardRunner(reward_specs(config.rewards)))
+            self.engine = build_engine(
+                config, self.policy, RewardRunner(reward_specs(config.rewards))
+            )
         self.logger = MetricsLogger(self.run_dir, config.run.report_to)
         self.global_step = 0
 
@@ -144,23 +153,28 @@ class RLTrainer:
         # 2. Which groups to learn from (difficulty band, dynamic sampling).
         rollouts, selection_metrics = self.select_groups(rollouts)
 
-        # 3. Advantages from the rewards (GRPO family); PPO's come from the critic below.
-        rewards = torch.tensor([math.nan if r.reward is None else r.reward for r in rollouts])
-        groups = torch.tensor([r.group for r in rollouts])
-        if self.critic is None:
-            advantages = group_advantages(
-                rewards, groups, estimator=acfg.advantage, scale_rewards=acfg.scale_rewards
-            )
-        else:
-            advantages = torch.zeros(len(rollouts))  # token-level, from GAE in update()
-
-        # 4. Micro-batches with old / reference log-probs.
+        # 3. Micro-batches with old and reference log-probs, and the critic's values (PPO).
         with timer("logprobs"):
-            micro_batches = self.micro_batches(samples, rollouts, advantages, rewards)
+            micro_batches = self.micro_batches(samples, rollouts)
+
+        # 4. Advantages: group-normalised rewards (GRPO family) or GAE on the critic (PPO).
+        rewards = torch.tensor([math.nan if r.reward is None else r.reward for r in rollouts])
+        if self.critic is None:
+            rewards = rewards - self.sequence_kl_penalty(micro_batches, len(rollouts))
+            advantages = group_advantages(
+                rewards,
+                torch.tensor([r.group for r in rollouts]),
+                estimator=acfg.advantage,
+                scale_rewards=acfg.scale_rewards,
+            ).to(self.accelerator.device)
+            for mb in micro_batches:
+                mb.advantages = advantages[mb.rows]
+        else:
+            self.gae_advantages(micro_batches, rewards)
 
         # 5. Policy (and critic) update: num_iterations optimizer steps over the batch.
         with timer("update"):
-            update_metrics = self.update(micro_batches, rewards)
+            update_metrics = self.update(micro_batches)
 
         # 6. Weight sync to the rollout engine.
         with timer("sync"):
@@ -204,8 +218,10 @@ class RLTrainer:
         keep = torch.ones(len(rollouts), dtype=torch.bool)
         if acfg.difficulty_band is not None:
             low, high = acfg.difficulty_band
-            rates = pass_rate(rewards.nan_to_num(0.0) > 0.5, groups)
-            keep &= difficulty_filter(rates, low, high)[groups]
+            # a sample passes when its reward exceeds 0.5; unscored samples are not judged
+            correct = torch.where(rewards.isnan(), math.nan, (rewards > 0.5).float())
+            ids, rates = pass_rate(correct, groups)
+            keep &= difficulty_filter(rates, low, high)[torch.searchsorted(ids, groups)]
         if acfg.dynamic_sampling:
             keep &= dynamic_sampling_mask(rewards, groups)
         kept = [r for r, k in zip(rollouts, keep.tolist()) if k]
@@ -213,18 +229,16 @@ class RLTrainer:
         return kept, metrics
 
     def micro_batches(
-        self,
-        samples: list[PromptSample],
-        rollouts: list[Rollout],
-        advantages: torch.Tensor,
-        rewards: torch.Tensor,
+        self, samples: list[PromptSample], rollouts: list[Rollout]
     ) -> list[MicroBatch]:
-        """This process's shard of micro-batches, with the log-probs computed before updating."""
+        """This process's shard of micro-batches, with what must be computed before updating."""
         cfg, acfg = self.config, self.config.algorithm
+        device = self.accelerator.device
         by_id = {s.id: s for s in samples}
         size = cfg.optim.micro_batch_size
+        starts = list(range(0, len(rollouts), size))
         batches = []
-        for start in range(0, len(rollouts), size):
+        for start in starts[self.accelerator.process_index :: self.accelerator.num_processes]:
             part = rollouts[start : start + size]
             prompts = self.policy.processor([by_id[r.prompt_id] for r in part])
             sequences = self.policy.sequence_batch(
@@ -237,40 +251,99 @@ class RLTrainer:
             loss_mask = torch.zeros(len(part), width)
             behaviour = torch.zeros(len(part), width)
             for i, r in enumerate(part):
-                usable = r.reward is not None and not (
-                    acfg.mask_truncated and r.finish_reason == "length"
-                )
-                if usable:
+                truncated = acfg.mask_truncated and r.finish_reason == "length"
+                if r.reward is not None and not truncated:
                     loss_mask[i, : len(r.loss_mask)] = torch.tensor(r.loss_mask, dtype=torch.float)
                 behaviour[i, : len(r.logprobs)] = torch.tensor(r.logprobs)
             batches.append(
                 MicroBatch(
+                    torch.arange(start, start + len(part), device=device),
                     sequences,
-                    loss_mask.to(self.accelerator.device),
-                    advantages[start : start + size].to(self.accelerator.device),
-                    behaviour.to(self.accelerator.device),
+                    loss_mask.to(device),
+                    behaviour.to(device),
                 )
             )
-        batches = batches[self.accelerator.process_index :: self.accelerator.num_processes]
-        temperature = cfg.rollout.sampling.temperature or 1.0
         with torch.no_grad():
             for mb in batches:
-                if acfg.num_iterations > 1:
+                if acfg.num_iterations > 1 or acfg.kl_in == "reward":
                     mb.old_logprobs = self.logprobs(mb.sequences)[0]
                 if acfg.beta > 0:
-                    mb.ref_logprobs = self.reference_logprobs(mb.sequences, temperature)
+                    mb.ref_logprobs = self.reference_logprobs(mb.sequences)
+                if self.critic is not None:
+                    mb.values = self.critic.values(mb.sequences)
         return batches
 
-    def update(self, micro_batches: list[MicroBatch], rewards: torch.Tensor) -> dict[str, Any]:
+    def sequence_kl_penalty(self, micro_batches: list[MicroBatch], num_rows: int) -> torch.Tensor:
+        """``beta × Σ_t KL`` per rollout when the KL goes into the reward (GRPO family), else 0."""
+        acfg = self.config.algorithm
+        penalty = torch.zeros(num_rows, device=self.accelerator.device)
+        if acfg.beta == 0 or acfg.kl_in != "reward":
+            return penalty.cpu()
+        for mb in micro_batches:
+            per_token = kl_penalty(
+                mb.old_logprobs, mb.ref_logprobs, mb.loss_mask, acfg.beta, acfg.kl_estimator
+            )
+            penalty[mb.rows] = -per_token.sum(-1)
+        return self.all_sum(penalty).cpu()
+
+    def gae_advantages(self, micro_batches: list[MicroBatch], rewards: torch.Tensor) -> None:
+        """PPO: the score on the final token (minus per-token KL), GAE, optional whitening."""
+        acfg, ppo = self.config.algorithm, self.config.algorithm.ppo
+        for mb in micro_batches:
+            scores = rewards[mb.rows.cpu()].nan_to_num(0.0).to(mb.loss_mask.device)
+            token_rewards = final_token_rewards(scores, mb.loss_mask)
+            if acfg.beta > 0 and acfg.kl_in == "reward":
+                token_rewards = token_rewards + kl_penalty(
+                    mb.old_logprobs, mb.ref_logprobs, mb.loss_mask, acfg.beta, acfg.kl_estimator
+                )
+            mb.advantages, mb.returns = gae(
+                token_rewards, mb.values, mb.loss_mask, ppo.gamma, ppo.lam
+            )
+        if ppo.whiten_advantages:
+            # statistics over the whole batch, all processes
+            stats = torch.zeros(3, device=self.accelerator.device)
+            for mb in micro_batches:
+                stats += torch.stack(
+                    [
+                        (mb.advantages * mb.loss_mask).sum(),
+                        (mb.advantages.square() * mb.loss_mask).sum(),
+                        mb.loss_mask.sum(),
+                    ]
+                )
+            total, squares, count = self.all_sum(stats).tolist()
+            mean = total / max(count, 1)
+            var = max(squares - count * mean**2, 0.0) / max(count - 1, 1)
+            for mb in micro_batches:
+                mb.advantages = (mb.advantages - mean) / math.sqrt(var + 1e-8) * mb.loss_mask
+
+    def update(self, micro_batches: list[MicroBatch]) -> dict[str, Any]:
         """``num_iterations`` optimizer steps; each accumulates gradients over all micro-batches."""
         cfg, acfg = self.config, self.config.algorithm
         totals = self.normalisers(micro_batches)
+        train_policy = self.critic is None or self.global_step >= acfg.ppo.critic_warmup_steps
         sums: dict[str, float] = {}
-        grad_norm = 0.0
+
+        def record(stats: dict[str, float]) -> None:
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+
+        grad_norms, critic_norms = [], []
         for _ in range(acfg.num_iterations):
             for mb in micro_batches:
+                if self.critic is not None:
+                    record(
+                        self.critic.backward(
+                            mb.sequences,
+                            mb.values,
+                            mb.returns,
+                            mb.loss_mask,
+                            weight=float(mb.loss_mask.sum()) / totals["tokens"],
+                        )
+                    )
+                if not train_policy:
+                    continue
                 logprobs, entropy = self.logprobs(mb.sequences, with_entropy=True)
-                old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()
+                old = mb.old_logprobs if acfg.num_iterations > 1 else logprobs.detach()
                 loss, stats = policy_loss(
                     logprobs,
                     old,
@@ -286,22 +359,27 @@ class RLTrainer:
                     entropy=entropy,
                     entropy_coef=acfg.entropy_coef,
                     max_completion_length=cfg.rollout.sampling.max_new_tokens,
+                    # normalise by the whole batch so the micro-batch gradients sum to its gradient
+                    total_tokens=totals["tokens"],
+                    total_sequences=totals["rows"],
                 )
-                # each micro-batch's loss is a mean over its own items; reweight to the batch's
-                loss = loss * micro_batch_weight(acfg.loss_aggregation, mb.loss_mask, totals)
                 self.accelerator.backward(loss)
-                mismatch = (logprobs.detach() - mb.behaviour_logprobs).abs()
-                stats["logprob_mismatch"] = float(
-                    (mismatch * mb.loss_mask).sum() / mb.loss_mask.sum().clamp(min=1)
-                )
-                stats["loss"] = float(loss)
-                for key, value in stats.items():
-                    sums[key] = sums.get(key, 0.0) + float(value)
-            grad_norm = self.optimizer_step()
+                mismatch = (logprobs.detach() - mb.behaviour_logprobs).abs() * mb.loss_mask
+                stats["logprob_mismatch"] = float(mismatch.sum() / mb.loss_mask.sum().clamp(min=1))
+                stats["loss"] = loss.item()
+                record(stats)
+            if self.critic is not None:
+                critic_norms.append(self.critic.optimizer_step(cfg.optim.max_grad_norm))
+            if train_policy:
+                grad_norms.append(self.optimizer_step())
         count = max(len(micro_batches) * acfg.num_iterations, 1)
         metrics = {key: value / count for key, value in sums.items()}
+        # the batch loss is the sum of its micro-batch parts
         metrics["loss"] = sums.get("loss", 0.0) / acfg.num_iterations
-        metrics["grad_norm"] = grad_norm
+        if grad_norms:
+            metrics["grad_norm"] = sum(grad_norms) / len(grad_norms)
+        if critic_norms:
+            metrics["critic_grad_norm"] = sum(critic_norms) / len(critic_norms)
         if micro_batches:
             metrics["audio_sensitivity"] = self.audio_sensitivity(micro_batches[0])
         return metrics
@@ -325,8 +403,9 @@ class RLTrainer:
             with_entropy=with_entropy,
         )
 
-    def reference_logprobs(self, sequences: SequenceBatch, temperature: float) -> torch.Tensor:
+    def reference_logprobs(self, sequences: SequenceBatch) -> torch.Tensor:
         chunk = self.config.run.logprob_chunk_size
+        temperature = self.config.rollout.sampling.temperature or 1.0
         if self.reference is not None:
             return self.reference.logprobs(sequences, temperature=temperature, chunk_size=chunk)[0]
         with self.model.disable_adapter():
@@ -348,18 +427,21 @@ class RLTrainer:
         return float(((with_audio - without).abs() * mask).sum() / mask.sum().clamp(min=1))
 
     def normalisers(self, micro_batches: list[MicroBatch]) -> dict[str, float]:
-        """Token and sequence counts of the whole batch across processes."""
+        """Trained tokens and sequences of the whole batch, over all processes."""
         local = torch.tensor(
             [
                 sum(float(mb.loss_mask.sum()) for mb in micro_batches),
-                sum(float((mb.loss_mask.sum(-1) > 0).sum()) for mb in micro_batches),
                 sum(len(mb.loss_mask) for mb in micro_batches),
             ],
             device=self.accelerator.device,
         )
-        total = self.accelerator.reduce(local, "sum") if self.accelerator.num_processes > 1 else local
-        tokens, sequences, rows = (max(float(x), 1.0) for x in total)
-        return {"tokens": tokens, "sequences": sequences, "rows": rows}
+        tokens, rows = (max(float(x), 1.0) for x in self.all_sum(local))
+        return {"tokens": tokens, "rows": int(rows)}
+
+    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes == 1:
+            return values
+        return self.accelerator.reduce(values, "sum")
 
     def optimizer_step(self) -> float:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -367,7 +449,8 @@ class RLTrainer:
             for p in params:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
-                p.grad = self.accelerator.reduce(p.grad, "mean")
+                # losses are normalised by whole-batch counts, so the shards' gradients add up
+                p.grad = self.accelerator.reduce(p.grad, "sum")
         norm = torch.nn.utils.clip_grad_norm_(params, self.config.optim.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
@@ -391,13 +474,15 @@ class RLTrainer:
             TimeRemainingColumn(),
         )
         with Progress(*columns, disable=not self.accelerator.is_main_process) as progress:
-            task = progress.add_task("rl", total=cfg.run.steps, completed=self.global_step, status="")
+            task = progress.add_task(
+                "rl", total=cfg.run.steps, completed=self.global_step, status=""
+            )
             while self.global_step < cfg.run.steps:
                 metrics = self.step()
                 history.append(metrics)
                 if self.accelerator.is_main_process:
                     self.logger.log(self.global_step, metrics)
-                reward = metrics.get("reward", {}).get("total", {}).get("mean", float("nan"))
+                reward = metrics.get("reward_total", {}).get("mean", math.nan)
                 progress.update(task, completed=self.global_step, status=f"reward {reward:.3f}")
                 if cfg.run.save_every and self.global_step % cfg.run.save_every == 0:
                     self.save()
@@ -470,23 +555,32 @@ class RLTrainer:
         write_atomic(path, write)
 
 
-def micro_batch_weight(aggregation: str, loss_mask: torch.Tensor, totals: dict[str, float]) -> float:
-    """Scale a micro-batch's mean loss so that summing micro-batches gives the batch loss."""
-    if aggregation == "token_mean":
-        return float(loss_mask.sum()) / totals["tokens"]
-    return len(loss_mask) / totals["rows"]
+ACCURACY_REWARDS = ("accuracy", "paralinguistic")
 
 
 def rollout_metrics(rollouts: list[Rollout]) -> dict[str, Any]:
-    """What the completions look like: lengths, thinking, finish reasons."""
+    """What the completions look like: total reward, accuracy, lengths, thinking, finish."""
     if not rollouts:
         return {}
+    totals = torch.tensor([r.reward for r in rollouts if r.reward is not None])
+    correct = [
+        r.rewards[name]
+        for r in rollouts
+        for name in ACCURACY_REWARDS
+        if r.rewards.get(name) is not None
+    ]
     lengths = torch.tensor([len(r.completion_ids) for r in rollouts], dtype=torch.float)
     think_words = torch.tensor([len((r.think or "").split()) for r in rollouts], dtype=torch.float)
     finish = {}
     for r in rollouts:
         finish[r.finish_reason] = finish.get(r.finish_reason, 0) + 1
     return {
+        "reward_total": {
+            "mean": float(totals.mean()) if len(totals) else math.nan,
+            "std": float(totals.std()) if len(totals) > 1 else 0.0,
+            "applicable": len(totals) / len(rollouts),
+        },
+        "accuracy": sum(correct) / len(correct) if correct else math.nan,
         "completion_length": {"mean": float(lengths.mean()), "max": float(lengths.max())},
         "think_words": {"mean": float(think_words.mean())},
         "finish": {k: v / len(rollouts) for k, v in finish.items()},
@@ -498,7 +592,11 @@ def build_engine(config: RLConfig, policy: Policy, reward_runner: RewardRunner):
     rcfg = config.rollout
     if rcfg.engine == "local":
         return LocalEngine(
-            policy, reward_runner, batch_size=rcfg.batch_size, train_on=rcfg.train_on, shares_weights=True
+            policy,
+            reward_runner,
+            batch_size=rcfg.batch_size,
+            train_on=rcfg.train_on,
+            shares_weights=True,
         )
     if rcfg.engine == "ray":
         from rollouts.ray_pool import RayEngine

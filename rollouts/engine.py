@@ -156,7 +156,10 @@ class LocalEngine:
         for _ in range(sampling.max_new_tokens):
             chosen, chosen_logprobs = _sample(
                 logits,
-                banned, [tokens[r] for r in active], [generators[r] for r in active], sampling
+                banned,
+                [tokens[r] for r in active],
+                [generators[r] for r in active],
+                sampling,
             )
             keep = []
             for i, row in enumerate(active):

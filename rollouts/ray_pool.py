@@ -282,7 +282,9 @@ class RayEngine:
         strategy = PlacementGroupSchedulingStrategy(
             self._placement, placement_group_bundle_index=index
         )
-        actor = ray.remote(RolloutWorker).options(**self._actor_options, scheduling_strategy=strategy)
+        actor = ray.remote(RolloutWorker).options(
+            **self._actor_options, scheduling_strategy=strategy
+        )
         return actor.remote(
             *self._worker_args, *(self._weights or (None, 0)), **self._worker_kwargs
         )

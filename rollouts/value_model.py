@@ -84,7 +84,9 @@ class StepAudio2ForSequenceClassification(StepAudio2PreTrainedModel):
             **kwargs,
         )
         hidden = outputs.last_hidden_state
-        last = last_token_index(input_ids, attention_mask, self.config.text_config.pad_token_id, hidden)
+        last = last_token_index(
+            input_ids, attention_mask, self.config.text_config.pad_token_id, hidden
+        )
         pooled = self.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
         loss = None
         if labels is not None:
@@ -118,45 +120,52 @@ def last_token_index(
 def preference_inputs(
     processor: StepAudio2Processor,
     samples: Sequence[PromptSample],
-    completions: Sequence[str],
+    completions: Sequence[str | Sequence[str]],
     max_length: int | None = None,
 ) -> dict[str, torch.Tensor | None]:
-    """Right-padded ``prompt + completion + <|EOT|>`` ids with the prompts' audio features.
+    """Right-padded ``prompt + completion + <|EOT|>`` rows with the prompts' audio features.
 
-    ``completions`` are strings in the policy's output format (special tokens kept, as the rollout
-    engine's ``Rollout.text``); they are tokenised here so that a reward model scores exactly what
-    it was trained on, whatever produced the completion. Every sequence ends with ``<|EOT|>``, the
-    token the score is read at. Over ``max_length``, the completion's tail is cut (its ``<|EOT|>``
-    kept); a prompt alone too long is an error naming the sample.
+    ``completions[i]`` is one completion of ``samples[i]`` or several (a chosen and a rejected
+    one); rows come sample by sample, so a sample's audio is read and its mel computed once.
+    Completions are strings in the policy's output format (special tokens kept, as
+    ``Rollout.text``), tokenised here so that a reward model scores what it was trained on,
+    whatever produced them. Every row ends with ``<|EOT|>``, where the score is read. Over
+    ``max_length`` a completion's tail is cut (its ``<|EOT|>`` kept); a prompt alone too long is
+    an error naming the sample.
     """
     if len(samples) != len(completions):
         raise ValueError(f"{len(samples)} prompts but {len(completions)} completions")
     tokenizer, ids = processor.tokenizer, processor.special_ids
     prompts = processor(samples)
-    rows = []
-    for b, (sample, completion) in enumerate(zip(samples, completions)):
+    rows, clips, first_clip = [], [], 0
+    for b, (sample, options) in enumerate(zip(samples, completions)):
         prompt = prompts["input_ids"][b][prompts["attention_mask"][b].bool()].tolist()
-        answer = tokenizer.encode(completion, add_special_tokens=False) if completion else []
-        if max_length is not None:
-            room = max_length - len(prompt) - 1
-            if room < 0:
-                raise ValueError(
-                    f"sample {sample.id!r}: the prompt alone has {len(prompt)} tokens, more than "
-                    f"max_length={max_length}"
-                )
-            answer = answer[:room]
-        rows.append([*prompt, *answer, ids.eot])
+        room = None if max_length is None else max_length - len(prompt) - 1
+        if room is not None and room < 0:
+            raise ValueError(
+                f"sample {sample.id!r}: the prompt alone has {len(prompt)} tokens, more than "
+                f"max_length={max_length}"
+            )
+        num_clips = prompt.count(ids.audio_start)  # 25 s pieces, in the features' order
+        for completion in [options] if isinstance(options, str) else options:
+            answer = tokenizer.encode(completion, add_special_tokens=False) if completion else []
+            rows.append([*prompt, *answer[:room], ids.eot])
+            clips += range(first_clip, first_clip + num_clips)
+        first_clip += num_clips
     longest = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), longest), ids.pad, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
     for b, row in enumerate(rows):
         input_ids[b, : len(row)] = torch.tensor(row)
         attention_mask[b, : len(row)] = 1
+    features, lens = prompts["input_features"], prompts["feature_lens"]
+    if features is not None:
+        features, lens = features[clips], lens[clips]
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
-        "input_features": prompts["input_features"],
-        "feature_lens": prompts["feature_lens"],
+        "input_features": features,
+        "feature_lens": lens,
     }
 
 

@@ -27,7 +27,13 @@ def rl_config(path, *overrides: str) -> RLConfig:
     return load_config(
         RLConfig,
         None,
-        [f"model.path={path}", "data.path=unused", "algorithm.name=ppo", "algorithm.ppo.critic_lr=0.01", *overrides],
+        [
+            f"model.path={path}",
+            "data.path=unused",
+            "algorithm.name=ppo",
+            "algorithm.ppo.critic_lr=0.001",
+            *overrides,
+        ],
     )
 
 
@@ -61,7 +67,10 @@ def sequences(policy: Policy):
         for i, seconds in enumerate((1, 2, 1))
     ]
     inputs = policy.processor(samples)
-    prompts = [row[mask.bool()].tolist() for row, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
+    prompts = [
+        row[mask.bool()].tolist()
+        for row, mask in zip(inputs["input_ids"], inputs["attention_mask"])
+    ]
     completions = [rng.integers(10, 200, size=n).tolist() for n in (6, 9, 3)]
     return policy.sequence_batch(
         prompts, completions, inputs["input_features"], inputs["feature_lens"]
@@ -123,7 +132,9 @@ def test_lora_critic_is_a_second_adapter_kept_apart_from_the_policy(tiny):
     assert all(p.grad is None for p in lora_params(model, "default"))
     assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
     assert critic.head.weight.grad.abs().sum() > 0
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_params(model, CRITIC_ADAPTER))
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in lora_params(model, CRITIC_ADAPTER)
+    )
     assert all(not p.requires_grad for p in lora_params(model, CRITIC_ADAPTER))
 
 
@@ -135,8 +146,8 @@ def test_lora_value_loss_falls_and_policy_is_untouched(tiny):
     policy_before = {k: v.clone() for k, v in policy_state(policy.model).items()}
     logprobs_before, _ = policy.logprobs(batch)
 
-    losses = train_critic(critic, batch, targets(batch), steps=25)
-    assert losses[-1] < 0.2 * losses[0], losses
+    losses = train_critic(critic, batch, targets(batch), steps=12)
+    assert losses[-1] < 0.1 * losses[0], losses
 
     # the policy (adapter and merged weights) did not move, and the critic is not merged into it
     after = policy_state(policy.model)
@@ -173,6 +184,7 @@ def test_critic_backward_is_right_under_gradient_checkpointing(tiny):
         train_critic(critic, batch, targets(batch), steps=1)  # makes lora_B non-zero
         policy.model.train()
         critic.backward(batch, critic.values(batch), targets(batch), batch.completion_mask.float())
+        assert all(p.grad is not None for p in critic.parameters())
         grads.append([p.grad.clone() for p in critic.parameters()])
         assert all(p.grad is None for p in lora_params(policy.model, "default"))
     for plain, checkpointed in zip(*grads):
@@ -214,9 +226,7 @@ def test_full_critic_values_are_prefix_scores_and_train(tiny):
     rm_dir = tiny.parent / "rm_as_critic"
     model.save_pretrained(rm_dir)
     policy.processor.save_pretrained(rm_dir)
-    from_rm = build_critic(
-        rl_config(tiny, f"algorithm.ppo.critic_path={rm_dir}"), policy, "cpu"
-    )
+    from_rm = build_critic(rl_config(tiny, f"algorithm.ppo.critic_path={rm_dir}"), policy, "cpu")
     assert isinstance(from_rm.body.model, StepAudio2ForSequenceClassification)
     assert torch.allclose(from_rm.values(batch), critic.values(batch), atol=1e-5)
 

@@ -42,10 +42,12 @@ def test_split_completion_reads_think_answer_and_speech():
 
 
 def test_completion_fields_prefer_the_engines_parsed_fields():
-    fields = completion_fields(
-        ["raw</think>raw answer"], {"answer": ["parsed answer"], "think": ["t"]}
-    )
-    assert fields[0].answer == "parsed answer" and fields[0].think == "t"
+    engine = {"think": ["t"], "answer": ["parsed"], "spoken_text": [""], "audio_codes": [[3]]}
+    fields = completion_fields(["raw</think>raw answer"], engine)
+    assert (fields[0].think, fields[0].answer, fields[0].audio_codes) == ("t", "parsed", [3])
+    assert fields[0].think_closed
+    # A lone `answer` column is a dataset's gold answer, not the parsed one.
+    assert completion_fields(["x</think>mine"], {"answer": ["gold"]})[0].answer == "mine"
     messages = completion_fields([[{"role": "assistant", "content": "a</think>b"}]], {})
     assert messages[0].answer == "b"
 

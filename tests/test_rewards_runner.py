@@ -397,3 +397,53 @@ def test_hung_thread_does_not_block_interpreter_exit(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "timed out after 0.1 s"
+
+
+def test_max_workers_limits_concurrency_and_prompts_pass_through():
+    async def slow(prompts, completions, **kwargs):
+        assert prompts == ["p"]
+        await asyncio.sleep(0.2)
+        return [1.0]
+
+    start = time.monotonic()
+    result = RewardRunner(
+        [RewardSpec(slow, alias="a"), RewardSpec(slow, alias="b")], max_workers=1
+    )(["p"], ["c"])
+    assert time.monotonic() - start >= 0.4 and result.total == [2.0]
+
+
+def test_resolve_helper_objects_by_module_path():
+    from rewards.registry import resolve
+    from rewards.text import split_completion
+
+    assert resolve("rewards.text:split_completion") is split_completion
+    assert resolve(len) is len
+    with pytest.raises(ValueError, match=r"package\.module:name"):
+        resolve("split_completion")
+
+
+def test_callable_objects_are_rewards_not_factories():
+    from trl.rewards import get_soft_overlong_punishment
+
+    punish = get_soft_overlong_punishment(max_completion_len=10, soft_punish_cache=5)  # an object
+    result = RewardRunner([RewardSpec(punish, alias="overlong")])(
+        None, ["a"], completion_ids=[[1] * 12]
+    )
+    assert result.per_reward["overlong"] == [-1.0]
+
+    def by_ids(completion_ids, **kwargs):  # takes **kwargs: a reward, though no `completions`
+        return [float(len(ids)) for ids in completion_ids]
+
+    assert get_reward(by_ids) is by_ids
+
+
+def test_runner_pickles_for_ray_workers():
+    import pickle
+
+    specs = [
+        {"name": "think_length", "max_words": 5},
+        {"name": "paralinguistic_judge", "url": "u", "model": "m"},
+    ]
+    runner = pickle.loads(pickle.dumps(RewardRunner(specs)))
+    assert runner(None, ["<think>a</think>b"]).per_reward["think_length"] == [1.0]
+    assert asyncio.iscoroutinefunction(type(runner.functions["paralinguistic_judge"]).__call__)

@@ -67,7 +67,7 @@ class KMeansCodec:
             )
         self.codebook = codebook
         self.griffin_lim_iters = griffin_lim_iters
-        self._window = torch.hann_window(self.n_fft, dtype=torch.float64)
+        self._window = torch.hann_window(self.n_fft)
         filters = mel_filter_bank(
             num_frequency_bins=self.n_fft // 2 + 1,
             num_mel_filters=self.n_mels,
@@ -77,8 +77,8 @@ class KMeansCodec:
             norm="slaney",
             mel_scale="slaney",
         ).T  # [n_mels, n_freqs]
-        self._mel = filters
-        self._mel_pinv = np.linalg.pinv(filters)
+        self._mel = torch.from_numpy(filters.astype(np.float32))
+        self._mel_pinv = torch.linalg.pinv(self._mel)
 
     @property
     def codebook_size(self) -> int:
@@ -101,48 +101,45 @@ class KMeansCodec:
 
     def features(self, wav: np.ndarray) -> np.ndarray:
         """``[num_codes, stack * n_mels]``: one row per 40 ms, the last one zero-padded."""
-        wav = np.asarray(wav, dtype=np.float64)
+        wav = np.asarray(wav, dtype=np.float32)
         if wav.ndim != 1 or wav.size == 0:
             raise ValueError(f"expected a non-empty mono waveform, got shape {wav.shape}")
         num_codes = -(-wav.size // self.samples_per_code)
-        padded = np.zeros(num_codes * self.samples_per_code)
-        padded[: wav.size] = wav
-        magnitude = self._stft(torch.from_numpy(padded)).abs().numpy()[:, :-1]  # [F, 4 * codes]
-        log_mel = np.log(self._mel @ magnitude + self.floor)  # [n_mels, 4 * codes]
-        return log_mel.T.reshape(num_codes, self.stack * self.n_mels)
+        padded = torch.zeros(num_codes * self.samples_per_code)
+        padded[: wav.size] = torch.from_numpy(wav)
+        magnitude = self._stft(padded).abs()[:, :-1]  # [n_freqs, 4 * codes]
+        log_mel = torch.log(self._mel @ magnitude + self.floor)  # [n_mels, 4 * codes]
+        return log_mel.T.reshape(num_codes, self.stack * self.n_mels).numpy()
 
     # --- codes ---------------------------------------------------------------------------------
 
-    def _nearest(self, vectors: np.ndarray) -> np.ndarray:
-        return _nearest(vectors, self.codebook.astype(np.float64))
-
     def encode(self, wav: np.ndarray) -> list[int]:
         """One code per 40 ms of 16 kHz audio (``ceil(len / 640)`` codes)."""
-        return self._nearest(self.features(wav)).tolist()
+        vectors = torch.from_numpy(self.features(wav)).double()
+        return _nearest(vectors, torch.from_numpy(self.codebook).double()).tolist()
 
     def decode(self, codes: Sequence[int]) -> np.ndarray:
         """16 kHz float32 audio, ``640 * len(codes)`` samples, via Griffin-Lim."""
-        codes = np.asarray(codes, dtype=np.int64)
-        if codes.ndim != 1 or codes.size == 0:
+        codes = torch.as_tensor(codes, dtype=torch.long)
+        if codes.ndim != 1 or codes.numel() == 0:
             raise ValueError("decode needs a non-empty sequence of codes")
         bad = codes[(codes < 0) | (codes >= self.codebook_size)]
-        if bad.size:
+        if bad.numel():
             raise ValueError(
                 f"code {int(bad[0])} is outside the codebook [0, {self.codebook_size})"
             )
-        log_mel = self.codebook[codes].astype(np.float64).reshape(-1, self.n_mels).T
-        mel = np.clip(np.exp(log_mel) - self.floor, 0.0, None)
+        log_mel = torch.from_numpy(self.codebook)[codes].reshape(-1, self.n_mels).T
+        mel = (log_mel.exp() - self.floor).clamp(min=0.0)
         # No installed library inverts a mel spectrogram (torchaudio is not available), so by hand:
         # the filterbank's pseudo-inverse gives linear magnitudes, Griffin-Lim a phase for them.
-        magnitude = np.clip(self._mel_pinv @ mel, 0.0, None)
-        magnitude = np.concatenate([magnitude, magnitude[:, -1:]], axis=1)  # the dropped frame
-        wav = self._griffin_lim(torch.from_numpy(magnitude), codes.size * self.samples_per_code)
-        return wav.astype(np.float32)
+        magnitude = (self._mel_pinv @ mel).clamp(min=0.0)
+        magnitude = torch.cat([magnitude, magnitude[:, -1:]], dim=1)  # the frame features drop
+        return self._griffin_lim(magnitude, len(codes) * self.samples_per_code)
 
     def _griffin_lim(self, magnitude: torch.Tensor, length: int) -> np.ndarray:
         """Fast Griffin-Lim (Perraudin et al., 2013: momentum 0.99) from a fixed random phase."""
         generator = torch.Generator().manual_seed(0)
-        phase = torch.rand(magnitude.shape, generator=generator, dtype=torch.float64)
+        phase = torch.rand(magnitude.shape, generator=generator)
         angles = torch.polar(torch.ones_like(magnitude), 2 * torch.pi * phase)
         momentum = 0.99 / 1.99
         previous = torch.zeros_like(angles)
@@ -157,7 +154,7 @@ class KMeansCodec:
         wav = torch.istft(
             magnitude * angles, self.n_fft, self.hop_length, window=self._window, length=length
         )
-        return wav.numpy()
+        return wav.numpy().astype(np.float32)
 
     # --- fitting and files ---------------------------------------------------------------------
 
@@ -168,8 +165,8 @@ class KMeansCodec:
         codebook_size: int = 64,
         *,
         seed: int = 0,
-        max_vectors: int = 50_000,
-        iterations: int = 30,
+        max_vectors: int = 20_000,
+        iterations: int = 25,
     ) -> KMeansCodec:
         """Fit the codebook on 16 kHz clips. Deterministic for a given ``seed`` and input order."""
         codec = cls(np.zeros((1, cls.stack * cls.n_mels), np.float32))
@@ -181,7 +178,8 @@ class KMeansCodec:
             raise ValueError(
                 f"{len(vectors)} frames of audio cannot fit {codebook_size} codes; give more audio"
             )
-        codec.codebook = _kmeans(vectors, codebook_size, rng, iterations).astype(np.float32)
+        centers = _kmeans(torch.from_numpy(vectors).double(), codebook_size, rng, iterations)
+        codec.codebook = centers.float().numpy()
         return codec
 
     def save(self, directory: str | os.PathLike) -> None:
@@ -219,33 +217,35 @@ class KMeansCodec:
         return cls(codebook, griffin_lim_iters=config.get("griffin_lim_iters", 32))
 
 
-def _nearest(vectors: np.ndarray, centers: np.ndarray) -> np.ndarray:
+def _nearest(vectors: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
     """Index of the nearest center (squared Euclidean) for each vector."""
-    distances = (centers**2).sum(1)[None, :] - 2.0 * vectors @ centers.T
-    return distances.argmin(axis=1)
+    return ((centers**2).sum(1) - 2.0 * vectors @ centers.T).argmin(dim=1)
 
 
-def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int) -> np.ndarray:
+def _kmeans(x: torch.Tensor, k: int, rng: np.random.Generator, iterations: int) -> torch.Tensor:
     """Lloyd's k-means with k-means++ seeding, in float64 (no installed library has k-means)."""
-    x = x.astype(np.float64)
-    centers = np.empty((k, x.shape[1]))
-    centers[0] = x[rng.integers(len(x))]
-    closest = ((x - centers[0]) ** 2).sum(1)
+    norms = (x**2).sum(1)
+
+    def squared_distance(center: torch.Tensor) -> torch.Tensor:
+        return (norms - 2.0 * x @ center + center @ center).clamp(min=0.0)
+
+    centers = x.new_empty(k, x.shape[1])
+    centers[0] = x[int(rng.integers(len(x)))]
+    closest = squared_distance(centers[0])
     for j in range(1, k):
-        total = closest.sum()
-        index = rng.choice(len(x), p=closest / total) if total > 0 else rng.integers(len(x))
-        centers[j] = x[index]
-        closest = np.minimum(closest, ((x - centers[j]) ** 2).sum(1))
+        weights = closest.numpy()
+        total = weights.sum()
+        index = rng.choice(len(x), p=weights / total) if total > 0 else rng.integers(len(x))
+        centers[j] = x[int(index)]
+        closest = torch.minimum(closest, squared_distance(centers[j]))
     assignment = None
     for _ in range(iterations):
         new_assignment = _nearest(x, centers)
-        if assignment is not None and np.array_equal(new_assignment, assignment):
+        if assignment is not None and torch.equal(new_assignment, assignment):
             break
         assignment = new_assignment
-        counts = np.bincount(assignment, minlength=k)
-        one_hot = np.zeros((len(x), k))
-        one_hot[np.arange(len(x)), assignment] = 1.0
-        sums = one_hot.T @ x
+        counts = torch.bincount(assignment, minlength=k)
+        sums = x.new_zeros(k, x.shape[1]).index_add_(0, assignment, x)
         filled = counts > 0  # an empty cluster keeps its center
         centers[filled] = sums[filled] / counts[filled, None]
     return centers

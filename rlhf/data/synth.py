@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import io
 import json
 import multiprocessing
@@ -49,6 +50,7 @@ VOICES = {"male": ("m1", "m2", "m3", "m6"), "female": ("f1", "f2", "f3", "f4")}
 PITCH = {"low": (10, 25), "high": (75, 90)}  # espeak pitch 0-100, relative to the voice
 SPEED = {"slow": (100, 120), "normal": (160, 180), "fast": (240, 270)}  # words per minute
 ASSISTANT = {"voice": f"{LANGUAGE}+f5", "pitch": 50, "rate": 170}  # speaks the spoken replies
+CODEC_FIT_CLIPS = 400  # training clips the codec is fitted on (about 30 000 frames of 40 ms)
 
 # Features of the dataset rows (CONTRACTS.md, "Dataset rows"), in column order.
 COLUMNS = (
@@ -78,15 +80,18 @@ class _Espeak:
     clips are spread over processes. The noise generators are seeded too (breathy voices).
     """
 
-    def __init__(self, workdir: str):
-        self._path = Path(workdir) / f"libespeak-ng-{os.getpid()}.so"
+    def __init__(self):
         self._data = espeakng_loader.get_data_path().encode()
         self._libc = ctypes.CDLL(None)
 
     def __call__(self, text: str, voice: str, rate: int, pitch: int) -> tuple[np.ndarray, int]:
-        shutil.copyfile(espeakng_loader.get_library_path(), self._path)
-        lib = ctypes.CDLL(str(self._path), mode=os.RTLD_LOCAL)
-        self._path.unlink()  # a new file for the next load: a new inode, a fresh library
+        handle, path = tempfile.mkstemp(suffix=".so", prefix="libespeak-ng-")
+        try:
+            os.close(handle)
+            shutil.copyfile(espeakng_loader.get_library_path(), path)
+            lib = ctypes.CDLL(path, mode=os.RTLD_LOCAL)
+        finally:
+            os.unlink(path)  # the mapping stays; the next load gets a new file, a fresh library
         chunks: list[np.ndarray] = []
 
         def collect(samples, count, _events):
@@ -129,14 +134,7 @@ class _Espeak:
         return np.concatenate(chunks), rate_hz
 
 
-_engine: _Espeak | None = None
-
-
-def _espeak() -> _Espeak:
-    global _engine
-    if _engine is None:
-        _engine = _Espeak(tempfile.gettempdir())
-    return _engine
+_espeak = functools.cache(_Espeak)
 
 
 def check_voice(voice: str) -> None:
@@ -378,7 +376,9 @@ def build(
         text: synthesize(text, ASSISTANT["voice"], rate=ASSISTANT["rate"], pitch=ASSISTANT["pitch"])
         for text in grammar.spoken_replies()
     }
-    train_wavs = [sf.read(io.BytesIO(flac), dtype="float32")[0] for flac in audio["train"]]
+    train_wavs = [
+        sf.read(io.BytesIO(flac), dtype="float32")[0] for flac in audio["train"][:CODEC_FIT_CLIPS]
+    ]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the codec's FFTs are tiny: extra threads only contend
     try:

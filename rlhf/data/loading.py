@@ -1,0 +1,183 @@
+"""Prompt datasets in, ``PromptSample``s out: the one door every dataset row comes through.
+
+Datasets are whatever ``datasets`` reads offline: a ``save_to_disk`` folder (``DatasetDict`` or a
+single ``Dataset``; ``rlhf make-data``'s output folder too) or a ``.jsonl`` / ``.json`` /
+``.parquet`` / ``.csv`` file. Audio stays undecoded in the table (bytes, a path, or a
+``{"bytes", "path"}`` / ``{"array", "sampling_rate"}`` dict) and is decoded here, row by row, with
+``rollouts.audio.load_audio`` — never by ``datasets``' ``Audio`` feature, whose torchcodec backend
+does not load in every environment — so a bad clip fails with the dataset and row in the message.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+
+from rollouts.audio import load_audio
+from rollouts.types import PromptSample
+
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+# Columns that build the prompt itself; every other column travels in PromptSample.columns.
+PROMPT_COLUMNS = ("messages", "prompt", "audio")
+
+
+def load_prompt_dataset(path: str | os.PathLike, split: str = "train") -> datasets.Dataset:
+    """The ``split`` of the dataset at ``path``, its audio columns left undecoded.
+
+    A file or a single saved ``Dataset`` has no splits and is returned whole.
+    """
+    path = Path(path)
+    if path.is_file():
+        builder = FILE_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise ValueError(
+                f"{path}: unsupported dataset file type {path.suffix!r}; "
+                f"use one of {sorted(FILE_BUILDERS)} or a save_to_disk folder"
+            )
+        dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
+    elif path.is_dir():
+        root = path / "data" if (path / "data" / "dataset_dict.json").is_file() else path
+        if (root / "dataset_dict.json").is_file():
+            splits = datasets.load_from_disk(str(root))
+            if split not in splits:
+                raise KeyError(f"{root}: no split {split!r}; splits: {sorted(splits)}")
+            dataset = splits[split]
+        elif (root / "state.json").is_file():
+            dataset = datasets.load_from_disk(str(root))
+        else:
+            raise FileNotFoundError(
+                f"{path}: not a dataset folder (no dataset_dict.json or state.json from "
+                "save_to_disk, nor a data/ folder holding one)"
+            )
+    else:
+        raise FileNotFoundError(f"{path}: no such dataset file or folder")
+    for name, feature in dataset.features.items():
+        if isinstance(feature, datasets.Audio) and feature.decode:
+            dataset = dataset.cast_column(name, datasets.Audio(decode=False))
+    return dataset
+
+
+def row_to_sample(
+    row: dict[str, Any], index: int, source: str = "dataset", *, think: bool = True
+) -> PromptSample:
+    """One dataset row as a ``PromptSample``.
+
+    ``source`` names the dataset in errors (``"path"`` or ``"path:split"``); relative audio paths
+    are resolved against that path's folder. A row has ``messages`` (audio parts take the row's
+    ``audio``: one clip, or a list with one clip per part), or else a ``prompt`` and an ``audio``
+    column, which become one user turn ``[audio, prompt]``. ``think`` comes from the recipe;
+    ``spoken`` from the row's ``spoken`` column when it has one.
+    """
+    where = f"{source} row {index}"
+    if row.get("id") is not None:
+        where += f" (id {row['id']})"
+    if row.get("messages") is not None:
+        messages = [_message(message, where) for message in row["messages"]]
+    elif "prompt" in row:
+        _require(row, "audio", where)
+        content = [{"type": "audio"}, {"type": "text", "text": str(row["prompt"])}]
+        messages = [{"role": "user", "content": content}]
+    else:
+        raise KeyError(
+            f"{where}: no 'messages' column (nor 'prompt' + 'audio'); "
+            f"available columns: {sorted(row)}"
+        )
+
+    wanted = sum(
+        part["type"] == "audio"
+        for message in messages
+        if isinstance(message["content"], list)
+        for part in message["content"]
+    )
+    audio: list[np.ndarray] = []
+    if wanted:
+        _require(row, "audio", where)
+        clips = row["audio"] if _is_clip_list(row["audio"]) else [row["audio"]]
+        if len(clips) != wanted:
+            raise ValueError(
+                f"{where}: {wanted} audio part(s) in messages but {len(clips)} clip(s)"
+            )
+        root = _audio_root(source)
+        for k, clip in enumerate(clips):
+            audio.append(_load_clip(clip, root, where if wanted == 1 else f"{where} audio {k}"))
+
+    return PromptSample(
+        id=str(row["id"]) if row.get("id") is not None else f"{source}:{index}",
+        messages=messages,
+        audio=audio,
+        columns={key: value for key, value in row.items() if key not in PROMPT_COLUMNS},
+        think=think,
+        spoken=bool(row.get("spoken") or False),
+    )
+
+
+def _require(row: dict[str, Any], column: str, where: str) -> None:
+    if column not in row:
+        raise KeyError(f"{where}: missing column {column!r}; available columns: {sorted(row)}")
+
+
+def _message(message: dict[str, Any], where: str) -> dict[str, Any]:
+    """A message with Arrow's null fields dropped and its parts in our form."""
+    if not isinstance(message, dict) or not message.get("role"):
+        raise ValueError(f"{where}: every message needs a 'role', got {message!r}")
+    out = {key: value for key, value in message.items() if value is not None}
+    content = message.get("content")
+    if content is None:
+        out["content"] = ""
+    elif not isinstance(content, str):
+        out["content"] = [_part(part, where) for part in content]
+    return out
+
+
+def _part(part: dict[str, Any], where: str) -> dict[str, Any]:
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind == "audio":
+        return {"type": "audio"}
+    if kind == "text":
+        return {"type": "text", "text": part.get("text") or ""}
+    raise ValueError(f"{where}: message part must be of type 'text' or 'audio', got {part!r}")
+
+
+def _is_clip_list(value: Any) -> bool:
+    """A list of clips (one per audio part), as opposed to one clip's samples."""
+    clip_types = (bytes, bytearray, str, os.PathLike, dict, list, np.ndarray)
+    return isinstance(value, (list, tuple)) and bool(value) and isinstance(value[0], clip_types)
+
+
+@functools.lru_cache(maxsize=64)
+def _audio_root(source: str) -> Path:
+    """The folder relative audio paths hang from: the dataset file's folder, or its directory."""
+    for candidate in (source, source.rpartition(":")[0]):
+        path = Path(candidate) if candidate else None
+        if path is not None and path.is_file():
+            return path.parent
+        if path is not None and path.is_dir():
+            return path
+    return Path.cwd()
+
+
+def _load_clip(clip: Any, root: Path, where: str) -> np.ndarray:
+    """Decode one clip in any of the forms a dataset stores audio in."""
+    if isinstance(clip, dict):
+        if clip.get("bytes"):
+            return load_audio(clip["bytes"], name=where)
+        if clip.get("path"):
+            return load_audio(root / clip["path"], name=where)
+        if clip.get("array") is not None:
+            array = np.asarray(clip["array"])
+            return load_audio(array, clip.get("sampling_rate"), name=where)
+        raise ValueError(f"{where}: audio dict has no 'bytes', 'path' or 'array': {sorted(clip)}")
+    if isinstance(clip, (bytes, bytearray)):
+        return load_audio(bytes(clip), name=where)
+    if isinstance(clip, (str, os.PathLike)):
+        return load_audio(root / clip, name=where)
+    if isinstance(clip, (np.ndarray, list)):
+        return load_audio(np.asarray(clip, dtype=np.float32), name=where)
+    if clip is None:
+        raise ValueError(f"{where}: the audio is missing (null)")
+    raise TypeError(f"{where}: cannot read audio from {type(clip).__name__}")

@@ -1,0 +1,418 @@
+"""`rlhf reward-model RECIPE.yaml [key=value ...]`: a Bradley–Terry preference reward model.
+
+Step-Audio 2's second PPO stage takes its reward from a learned preference model. This trains one:
+a ``StepAudio2ForSequenceClassification`` (the speech LLM with a one-output ``score`` head, read at
+the completion's closing ``<|EOT|>``) started from an SFT checkpoint, with the Bradley–Terry loss
+``-log σ(r(prompt, chosen) - r(prompt, rejected))`` over preference pairs whose prompts may hold
+audio. The final checkpoint (``run.output_dir/final``, written atomically, LoRA merged) is what
+the ``reward_model`` reward loads by path.
+
+Pairs come from ``chosen`` / ``rejected`` completion columns when the dataset has them, or are
+derived from the synthetic data's targets (``rlhf make-data``): the target answer with its
+reasoning is chosen over a wrong answer reasoned towards (``wrong_answer``) or the right answer
+without reasoning (``no_reasoning``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, track
+from transformers import get_scheduler
+
+from rlhf.checkpoint import write_atomic
+from rlhf.config import DataConfig, ModelConfig, OptimConfig, RunConfig, load_config, save_config
+from rlhf.data import grammar
+from rlhf.data.loading import load_prompt_dataset, row_to_sample
+from rlhf.data.stream import PromptStream
+from rlhf.metrics import MetricsLogger
+from rollouts.chat import AssistantTarget, render_completion
+from rollouts.processor import StepAudio2Processor
+from rollouts.types import PromptSample
+from rollouts.value_model import StepAudio2ForSequenceClassification, preference_inputs
+
+PAIR_KINDS = ("wrong_answer", "no_reasoning")
+
+
+@dataclass
+class RewardModelConfig:
+    """`rlhf reward-model`: one preference reward model."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, micro_batch_size=4))
+    run: RunConfig = field(
+        default_factory=lambda: RunConfig(output_dir="runs/reward_model", steps=200)
+    )
+    batch_size: int = 16  # pairs per optimizer step, over all processes
+    max_length: int = 2048  # tokens of prompt + completion; longer completions are cut
+    pair_kinds: list[str] = field(default_factory=lambda: list(PAIR_KINDS))  # derived pairs only
+    eval_pairs: int = 200  # pairs of data.eval_split scored at the end; 0: no evaluation
+
+
+@dataclass
+class PreferencePair:
+    """A prompt and two completions of it (strings in the policy's output format)."""
+
+    sample: PromptSample
+    chosen: str
+    rejected: str
+    kind: str = "given"
+
+
+def completion_string(target: AssistantTarget, tokenizer, think: bool, spoken: bool) -> str:
+    """What the policy would output for ``target``: ``Rollout.text``'s form (no ``<|EOT|>``)."""
+    ids = render_completion(target, tokenizer, think, spoken)[:-1]
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def derived_pair(
+    row: dict[str, Any], sample: PromptSample, kind: str, tokenizer, rng: np.random.Generator
+) -> PreferencePair | None:
+    """A pair from a synthetic row's target; None when ``kind`` does not apply to the row.
+
+    ``wrong_answer``: the reasoning and answer for another level of the asked dimension (another
+    sentence for transcription; not for spoken answers, whose audio codes belong to the target);
+    ``no_reasoning``: the right answer with an empty ``<think>`` (only when the prompt thinks).
+    """
+    think, spoken, task = sample.think, sample.spoken, row["task"]
+    chosen = AssistantTarget(
+        think=row.get("target_think") or None,
+        text=row["target_answer"],
+        audio_codes=list(row.get("target_audio_codes") or []),
+    )
+    if kind == "no_reasoning":
+        if not think or not chosen.think:
+            return None
+        rejected = AssistantTarget(think=None, text=chosen.text, audio_codes=chosen.audio_codes)
+    elif kind == "wrong_answer":
+        if spoken:
+            return None
+        if task in grammar.DIMENSIONS:
+            level = str(rng.choice([x for x in grammar.DIMENSIONS[task] if x != row["label"]]))
+            text = grammar.answer(task, level, rng)
+            reasoning = grammar.think(task, rng, dimension=task, level=level)
+        elif task == "transcribe":
+            text = grammar.sentence(rng)
+            while text == row["target_answer"]:
+                text = grammar.sentence(rng)
+            reasoning = grammar.think(task, rng, transcript=text)
+        else:
+            return None
+        rejected = AssistantTarget(think=reasoning if think else None, text=text)
+    else:
+        raise ValueError(f"pair_kinds: unknown {kind!r}; choose from {list(PAIR_KINDS)}")
+    return PreferencePair(
+        sample,
+        completion_string(chosen, tokenizer, think, spoken),
+        completion_string(rejected, tokenizer, think, spoken),
+        kind,
+    )
+
+
+def load_pairs(
+    data: DataConfig,
+    split: str,
+    tokenizer,
+    kinds: list[str],
+    seed: int,
+    max_rows: int | None = None,
+    dataset: datasets.Dataset | None = None,
+) -> list[PreferencePair]:
+    """Preference pairs of the first rows of ``data.path:split`` (audio decoded once, here)."""
+    if dataset is None:
+        dataset = load_prompt_dataset(data.path, split)
+    if data.tasks:
+        tasks = set(data.tasks)
+        dataset = dataset.filter(lambda row: row.get("task") in tasks)
+    limit = min([len(dataset), *(x for x in (max_rows, data.max_samples) if x)])
+    source = f"{data.path}:{split}"
+    columns = set(dataset.column_names)
+    given = {"chosen", "rejected"} <= columns
+    if not given:
+        missing = sorted({"task", "label", "target_answer"} - columns)
+        if missing:
+            raise KeyError(
+                f"{source}: preference data needs 'chosen' and 'rejected' columns, or the "
+                f"synthetic targets to derive them from; missing {missing} "
+                f"(columns: {sorted(columns)})"
+            )
+    pairs: list[PreferencePair] = []
+    rows = dataset.select(range(limit)) if limit < len(dataset) else dataset
+    for index, row in enumerate(track(rows, description="building pairs", transient=True)):
+        sample = row_to_sample(row, index, source, think=data.think)
+        if given:
+            pairs.append(PreferencePair(sample, str(row["chosen"]), str(row["rejected"])))
+            continue
+        rng = np.random.default_rng([seed, index])
+        for kind in kinds:
+            pair = derived_pair(row, sample, kind, tokenizer, rng)
+            if pair is not None:
+                pairs.append(pair)
+    if not pairs:
+        raise ValueError(f"{source}: no preference pairs (pair_kinds={kinds}, tasks={data.tasks})")
+    return pairs
+
+
+def load_reward_model(config: ModelConfig, device: torch.device) -> torch.nn.Module:
+    """The SFT checkpoint with a fresh one-output ``score`` head; LoRA adapters when enabled
+    (``score`` then trains in full, as peft's ``modules_to_save``)."""
+    model = StepAudio2ForSequenceClassification.from_pretrained(
+        config.path, num_labels=1, dtype=getattr(torch, config.dtype)
+    ).to(device)
+    if config.freeze_audio_encoder:
+        for module in (model.encoder, model.adapter):
+            module.requires_grad_(False)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if config.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=config.lora.r,
+            lora_alpha=config.lora.alpha,
+            lora_dropout=config.lora.dropout,
+            target_modules=list(config.lora.target_modules),
+            modules_to_save=["score"],
+        )
+        model = get_peft_model(model, lora)
+    return model
+
+
+def pair_rewards(
+    model: torch.nn.Module,
+    processor: StepAudio2Processor,
+    pairs: list[PreferencePair],
+    max_length: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of the chosen and the rejected completions, ``[n]`` each, in one forward pass."""
+    inputs = preference_inputs(
+        processor, [p.sample for p in pairs], [(p.chosen, p.rejected) for p in pairs], max_length
+    )
+    inputs = {k: v.to(device) for k, v in inputs.items() if v is not None}
+    scores = model(**inputs).logits[:, 0].float().view(len(pairs), 2)
+    return scores[:, 0], scores[:, 1]
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """``-log σ(r_chosen - r_rejected)`` per pair."""
+    return -F.logsigmoid(chosen - rejected)
+
+
+class RewardModelTrainer:
+    def __init__(self, config: RewardModelConfig, *, accelerator: Accelerator | None = None):
+        self.config = config
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.run_dir = Path(config.run.output_dir)
+        set_seed(config.run.seed)
+        if config.batch_size < 1 or config.optim.micro_batch_size < 1:
+            raise ValueError("batch_size and optim.micro_batch_size must be at least 1")
+
+        self.processor = StepAudio2Processor.from_pretrained(config.model.path)
+        self.pairs = load_pairs(
+            config.data,
+            config.data.split,
+            self.processor.tokenizer,
+            list(config.pair_kinds),
+            config.run.seed,
+        )
+        self.stream = PromptStream(
+            len(self.pairs),
+            self.pairs.__getitem__,
+            seed=config.run.seed,
+            shuffle=config.data.shuffle,
+        )
+        self.model = load_reward_model(config.model, self.accelerator.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=config.optim.lr, weight_decay=config.optim.weight_decay
+        )
+        self.scheduler = get_scheduler(
+            config.optim.lr_scheduler,
+            self.optimizer,
+            num_warmup_steps=config.optim.warmup_steps,
+            num_training_steps=config.run.steps,
+        )
+        self.logger = MetricsLogger(self.run_dir, config.run.report_to) if self.is_main else None
+        self.global_step = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def step(self) -> dict[str, Any]:
+        """One optimizer step on the next ``batch_size`` pairs; returns its metrics."""
+        cfg, acc = self.config, self.accelerator
+        started = time.perf_counter()
+        batch = self.stream.next(cfg.batch_size)
+        mine = batch[acc.process_index :: acc.num_processes]
+        self.model.train()
+        sums = torch.zeros(3, device=acc.device)  # loss, correct, margin
+        size = cfg.optim.micro_batch_size
+        for start in range(0, len(mine), size):
+            part = mine[start : start + size]
+            chosen, rejected = pair_rewards(
+                self.model, self.processor, part, cfg.max_length, acc.device
+            )
+            loss = bradley_terry_loss(chosen, rejected).sum()
+            # gradients of the mean over the whole batch, once averaged across processes
+            acc.backward(loss * acc.num_processes / len(batch))
+            margin = (chosen - rejected).detach()
+            sums += torch.stack([loss.detach(), (margin > 0).float().sum(), margin.sum()])
+        grad_norm = self._optimizer_step()
+        if acc.num_processes > 1:
+            sums = acc.reduce(sums, "sum")
+        self.global_step += 1
+        loss, correct, margin = (float(x) / len(batch) for x in sums)
+        return {
+            "loss": loss,
+            "accuracy": correct,
+            "margin": margin,
+            "grad_norm": grad_norm,
+            "lr": self.scheduler.get_last_lr()[0],
+            "epoch": self.stream.epoch + self.stream.offset / self.stream.num_rows,
+            "time": {"step": time.perf_counter() - started},
+        }
+
+    def _optimizer_step(self) -> float:
+        # averaged by hand, as in the SFT and RL trainers (no DDP wrapper to keep in sync)
+        if self.accelerator.num_processes > 1:
+            for p in self.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                p.grad = self.accelerator.reduce(p.grad, "mean")
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.optim.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    @torch.no_grad()
+    def evaluate(self, pairs: list[PreferencePair]) -> dict[str, Any]:
+        """Pairwise accuracy (chosen scored above rejected), overall and per pair kind."""
+        self.model.eval()
+        margins, kinds = [], []
+        size = self.config.optim.micro_batch_size
+        for start in range(0, len(pairs), size):
+            part = pairs[start : start + size]
+            chosen, rejected = pair_rewards(
+                self.model, self.processor, part, self.config.max_length, self.accelerator.device
+            )
+            margins += (chosen - rejected).tolist()
+            kinds += [p.kind for p in part]
+        margins_t = torch.tensor(margins)
+        result: dict[str, Any] = {
+            "pairs": len(margins),
+            "accuracy": float((margins_t > 0).float().mean()),
+            "margin": float(margins_t.mean()),
+        }
+        for kind in sorted(set(kinds)):
+            of_kind = margins_t[[k == kind for k in kinds]]
+            result[f"accuracy_{kind}"] = float((of_kind > 0).float().mean())
+        return result
+
+    def train(self) -> list[dict[str, Any]]:
+        """Train, log every step, evaluate on ``data.eval_split``, save ``run_dir/final``."""
+        cfg = self.config
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        columns = (
+            TextColumn("[bold]reward model[/] step {task.completed}/{task.total}"),
+            BarColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+        )
+        history = []
+        with Progress(*columns, disable=not self.is_main) as progress:
+            task = progress.add_task("rm", total=cfg.run.steps, status="")
+            while self.global_step < cfg.run.steps:
+                metrics = self.step()
+                history.append(metrics)
+                if self.logger is not None:
+                    self.logger.log(self.global_step, metrics)
+                status = f"loss {metrics['loss']:.3f} acc {metrics['accuracy']:.2f}"
+                progress.update(task, completed=self.global_step, status=status)
+        if cfg.eval_pairs and self.is_main:
+            evaluation = self.evaluate_split(cfg.data.eval_split)
+            if evaluation is not None:
+                (self.run_dir / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+                self.logger.log(self.global_step, {"eval": evaluation})
+        self.save_final(self.run_dir / "final")
+        if self.logger is not None:
+            self.logger.close()
+        return history
+
+    def evaluate_split(self, split: str) -> dict[str, Any] | None:
+        """``evaluate`` on up to ``eval_pairs`` pairs of ``split``; None when there is no such
+        split (a dataset file has none: it is all one split)."""
+        cfg = self.config
+        if Path(cfg.data.path).is_file():
+            return None
+        try:
+            dataset = load_prompt_dataset(cfg.data.path, split)
+        except KeyError:
+            return None
+        pairs = load_pairs(
+            cfg.data,
+            split,
+            self.processor.tokenizer,
+            list(cfg.pair_kinds),
+            cfg.run.seed + 1,
+            max_rows=cfg.eval_pairs,
+            dataset=dataset,
+        )
+        return {"split": split, **self.evaluate(pairs[: cfg.eval_pairs])}
+
+    def save_final(self, path: Path) -> Path:
+        """A plain ``from_pretrained`` checkpoint (LoRA merged) with its processor: what the
+        ``reward_model`` reward loads."""
+        model = self.model
+        if self.config.model.lora.enabled:
+            model = copy.deepcopy(model).merge_and_unload()
+        if self.is_main:
+
+            def write(tmp: Path) -> None:
+                model.save_pretrained(tmp)
+                self.processor.save_pretrained(tmp)
+
+            write_atomic(path, write)
+        self.accelerator.wait_for_everyone()
+        return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="YAML recipe (see recipes/tiny_reward_model.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(RewardModelConfig, args.recipe, args.overrides)
+    started = time.perf_counter()
+    trainer = RewardModelTrainer(config)
+    history = trainer.train()
+    if trainer.is_main:
+        last = history[-1] if history else {}
+        print(
+            f"done: {trainer.global_step} steps in {time.perf_counter() - started:.0f} s, "
+            f"last loss {last.get('loss', float('nan')):.3f}, "
+            f"accuracy {last.get('accuracy', float('nan')):.2f}; "
+            f"checkpoint {trainer.run_dir / 'final'}"
+        )
+        evaluation = trainer.run_dir / "eval.json"
+        if evaluation.exists():
+            print(f"held-out pairs: {evaluation.read_text().strip()}")
+    return 0

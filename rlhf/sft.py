@@ -1,0 +1,279 @@
+"""`rlhf sft RECIPE.yaml [key=value ...]`: supervised fine-tuning on assistant targets.
+
+The warm start that RL begins from (Step-Audio 2 runs its RL stages after a cold-start SFT). Each
+dataset row is a prompt (``row_to_sample``) plus the answer the assistant should write
+(``target_think`` / ``target_answer`` / ``target_audio_codes``). ``processor.sft_batch`` renders
+both and labels only the assistant's own tokens: reasoning, answer text and the audio codes of a
+TA4 answer as ``train_on`` says, never the prompt, padding or tool outputs.
+
+The loss is the mean negative log-likelihood over the labelled tokens of a step, computed with
+``Policy.logprobs``: the same chunked LM-head path RL uses, so SFT and RL agree on what a
+log-prob is and no ``[B, T, V]`` logits are materialised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    track,
+)
+from transformers import get_scheduler
+
+from rlhf.checkpoint import write_atomic
+from rlhf.config import DataConfig, ModelConfig, SFTConfig, load_config, save_config
+from rlhf.data.loading import load_prompt_dataset, row_to_sample
+from rlhf.data.stream import PromptStream
+from rlhf.metrics import MetricsLogger
+from rollouts.chat import IGNORE_INDEX, AssistantTarget
+from rollouts.policy import Policy, SequenceBatch
+from rollouts.types import PromptSample
+
+
+@dataclass
+class Example:
+    """One SFT pair: the prompt (audio already decoded) and the answer to learn."""
+
+    sample: PromptSample
+    target: AssistantTarget
+
+
+def row_target(row: dict[str, Any]) -> AssistantTarget:
+    """The assistant answer of a dataset row (columns ``target_think``, ``target_answer``,
+    ``target_audio_codes``)."""
+    return AssistantTarget(
+        think=row.get("target_think") or None,
+        text=row["target_answer"],
+        audio_codes=list(row.get("target_audio_codes") or []),
+    )
+
+
+def load_examples(data: DataConfig, split: str | None = None) -> list[Example]:
+    """Rows of ``data.path`` as examples, audio decoded once here rather than at every step."""
+    split = split or data.split
+    dataset = load_prompt_dataset(data.path, split)
+    if data.tasks:
+        tasks = set(data.tasks)
+        dataset = dataset.filter(lambda row: row.get("task") in tasks)
+    if data.max_samples:
+        dataset = dataset.select(range(min(data.max_samples, len(dataset))))
+    if len(dataset) == 0:
+        raise ValueError(f"{data.path}:{split}: no rows to train on (data.tasks={data.tasks})")
+    source = f"{data.path}:{split}"
+    examples = []
+    for index, row in enumerate(track(dataset, description="decoding audio", transient=True)):
+        for key in ("target_answer",):
+            if key not in row:
+                raise KeyError(f"{source}: row {index} has no {key!r} column for an SFT target")
+        sample = row_to_sample(row, index, source, think=data.think)
+        sample.spoken = bool(row.get("spoken", sample.spoken))
+        examples.append(Example(sample, row_target(row)))
+    return examples
+
+
+def load_policy(config: ModelConfig, device: torch.device) -> Policy:
+    """The model to fine-tune: encoder frozen when asked, LoRA adapters when enabled."""
+    policy = Policy.from_pretrained(config.path, dtype=config.dtype, device=str(device))
+    model = policy.model
+    if config.freeze_audio_encoder:
+        model.encoder.requires_grad_(False)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if config.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=config.lora.r,
+            lora_alpha=config.lora.alpha,
+            lora_dropout=config.lora.dropout,
+            target_modules=list(config.lora.target_modules),
+        )
+        policy.model = get_peft_model(model, lora)
+    return policy
+
+
+def sequence_batch(batch: dict[str, torch.Tensor | None]) -> SequenceBatch:
+    """An ``sft_batch`` as a ``SequenceBatch`` whose "completion" starts at the first labelled
+    token and whose mask is the labels' (so ``Policy.logprobs`` scores exactly those tokens)."""
+    input_ids, labels = batch["input_ids"], batch["labels"]
+    lengths = batch["attention_mask"].sum(-1)
+    labelled = labels != IGNORE_INDEX
+    first = torch.where(labelled.any(-1), labelled.long().argmax(-1), lengths)
+    width = max(int((lengths - first).max()), 1)
+    positions = first[:, None] + torch.arange(width)[None, :]
+    inside = positions < input_ids.shape[1]
+    positions = positions.clamp(max=input_ids.shape[1] - 1)
+    return SequenceBatch(
+        input_ids=input_ids,
+        attention_mask=batch["attention_mask"],
+        prompt_lengths=first,
+        completion_ids=input_ids.gather(1, positions),
+        completion_mask=(labelled.gather(1, positions) & inside).long(),
+        input_features=batch.get("input_features"),
+        feature_lens=batch.get("feature_lens"),
+    )
+
+
+class SFTTrainer:
+    """Fine-tunes ``config.model.path`` on ``config.data``; ``train()`` runs it end to end."""
+
+    def __init__(self, config: SFTConfig, *, accelerator: Accelerator | None = None):
+        self.config = config
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.run_dir = Path(config.run.output_dir)
+        set_seed(config.run.seed)
+
+        self.examples = load_examples(config.data)
+        self.policy = load_policy(config.model, self.accelerator.device)
+        self.model = self.policy.model
+        # One step: a micro-batch on every process, gradients averaged across them.
+        self.batch_size = config.optim.micro_batch_size * self.accelerator.num_processes
+        self.steps = config.run.steps
+        if config.epochs is not None:
+            self.steps = math.ceil(config.epochs * len(self.examples) / self.batch_size)
+        self.stream = PromptStream(
+            len(self.examples),
+            self.examples.__getitem__,
+            seed=config.run.seed,
+            shuffle=config.data.shuffle,
+        )
+
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            trainable, lr=config.optim.lr, weight_decay=config.optim.weight_decay
+        )
+        self.scheduler = get_scheduler(
+            config.optim.lr_scheduler,
+            self.optimizer,
+            num_warmup_steps=config.optim.warmup_steps,
+            num_training_steps=self.steps,
+        )
+        self.logger = MetricsLogger(self.run_dir, config.run.report_to) if self.is_main else None
+        self.global_step = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def step(self) -> dict[str, Any]:
+        """One optimizer step on the next batch; returns its metrics."""
+        started = time.perf_counter()
+        examples = self.stream.next(self.batch_size)
+        mine = examples[self.accelerator.process_index :: self.accelerator.num_processes]
+        self.model.train()
+        batch = self.policy.processor.sft_batch(
+            [e.sample for e in mine], [e.target for e in mine], self.config.train_on
+        )
+        sequences = sequence_batch(batch).to(self.accelerator.device)
+        logprobs, _ = self.policy.logprobs(sequences, chunk_size=self.config.run.logprob_chunk_size)
+        mask = sequences.completion_mask.float()
+        nll = -(logprobs * mask).sum()
+        # token mean over the whole step, across processes
+        tokens = self._sum(mask.sum().detach())
+        self.accelerator.backward(nll * self.accelerator.num_processes / tokens.clamp(min=1))
+        grad_norm = self._optimizer_step()
+        self.global_step += 1
+        loss = float(self._sum(nll.detach()) / tokens.clamp(min=1))
+        return {
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)),
+            "tokens": int(tokens),
+            "grad_norm": grad_norm,
+            "lr": self.scheduler.get_last_lr()[0],
+            "epoch": self.stream.epoch + self.stream.offset / self.stream.num_rows,
+            "time": {"step": time.perf_counter() - started},
+        }
+
+    def _sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes == 1:
+            return value
+        return self.accelerator.reduce(value.to(self.accelerator.device), "sum")
+
+    def _optimizer_step(self) -> float:
+        # Gradients averaged by hand, not by DDP: the chunked log-prob path calls the decoder and
+        # LM head directly, which DDP's forward hooks would not see (as in the RL trainer).
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.accelerator.num_processes > 1:
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                p.grad = self.accelerator.reduce(p.grad, "mean")
+        norm = torch.nn.utils.clip_grad_norm_(params, self.config.optim.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def train(self) -> list[dict[str, Any]]:
+        """Run every step, log each, save ``run_dir/final``; returns the per-step metrics."""
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.config, self.run_dir / "config.yaml")
+        columns = (
+            TextColumn("[bold]SFT[/] step {task.completed}/{task.total}"),
+            BarColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        history = []
+        with Progress(*columns, disable=not self.is_main) as progress:
+            task = progress.add_task("sft", total=self.steps, status="")
+            while self.global_step < self.steps:
+                metrics = self.step()
+                history.append(metrics)
+                if self.logger is not None:
+                    self.logger.log(self.global_step, metrics)
+                progress.update(task, completed=self.global_step, status=f"loss {metrics['loss']:.3f}")
+        self.save_final(self.run_dir / "final")
+        if self.logger is not None:
+            self.logger.close()
+        return history
+
+    def save_final(self, path: Path) -> Path:
+        """A plain ``from_pretrained`` checkpoint (LoRA merged in) with its processor."""
+        model = self.model
+        if self.config.model.lora.enabled:
+            model = copy.deepcopy(model).merge_and_unload()
+        if self.is_main:
+
+            def write(tmp: Path) -> None:
+                model.save_pretrained(tmp)
+                self.policy.processor.save_pretrained(tmp)
+
+            write_atomic(path, write)
+        self.accelerator.wait_for_everyone()
+        return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="YAML recipe (see recipes/tiny_sft.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(SFTConfig, args.recipe, args.overrides)
+    started = time.perf_counter()
+    trainer = SFTTrainer(config)
+    history = trainer.train()
+    if trainer.is_main:
+        last = history[-1]["loss"] if history else float("nan")
+        print(
+            f"done: {trainer.global_step} steps in {time.perf_counter() - started:.0f} s, "
+            f"final loss {last:.3f}; checkpoint {trainer.run_dir / 'final'}"
+        )
+    return 0
