@@ -52,9 +52,11 @@ class Example:
     target: AssistantTarget
 
 
-def row_target(row: dict[str, Any]) -> AssistantTarget:
+def row_target(row: dict[str, Any], where: str = "row") -> AssistantTarget:
     """The assistant answer of a dataset row (columns ``target_think``, ``target_answer``,
-    ``target_audio_codes``)."""
+    ``target_audio_codes``); ``where`` names the row in errors."""
+    if row.get("target_answer") is None:
+        raise KeyError(f"{where}: no 'target_answer' to train on; columns: {sorted(row)}")
     return AssistantTarget(
         think=row.get("target_think") or None,
         text=row["target_answer"],
@@ -76,12 +78,8 @@ def load_examples(data: DataConfig, split: str | None = None) -> list[Example]:
     source = f"{data.path}:{split}"
     examples = []
     for index, row in enumerate(track(dataset, description="decoding audio", transient=True)):
-        for key in ("target_answer",):
-            if key not in row:
-                raise KeyError(f"{source}: row {index} has no {key!r} column for an SFT target")
         sample = row_to_sample(row, index, source, think=data.think)
-        sample.spoken = bool(row.get("spoken", sample.spoken))
-        examples.append(Example(sample, row_target(row)))
+        examples.append(Example(sample, row_target(row, f"{source} row {index}")))
     return examples
 
 

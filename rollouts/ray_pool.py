@@ -346,11 +346,16 @@ class RayEngine:
 
 
 def _connect(address: str, num_workers: int, cpus: float, gpus: float) -> None:
-    """Join the cluster at ``address``, or start a local Ray holding just the pool's resources."""
+    """Join the cluster at ``address``, or start a local Ray holding just the pool's resources.
+
+    ``address="local"`` makes Ray start a new instance even when ``ray start`` was run on this
+    machine before (plain ``ray.init()`` would connect to that one).
+    """
     if address:
         ray.init(address=address)
         return
     ray.init(
+        address="local",
         num_cpus=max(1, math.ceil(num_workers * cpus)),
         num_gpus=math.ceil(num_workers * gpus),
         include_dashboard=False,

@@ -23,6 +23,7 @@ from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 from transformers.utils import can_return_tuple
 
 from rewards import reward
+from rewards.text import completion_text
 from rollouts.audio import load_audio
 from rollouts.modeling import StepAudio2Config
 from rollouts.modeling.modeling_step_audio_2 import (
@@ -213,7 +214,7 @@ class RewardModel:
         if self.model.config.num_labels != 1:
             raise ValueError(
                 f"{path}: a reward model has one output, this checkpoint has "
-                f"num_labels={self.model.config.num_labels}"
+                f"num_labels={self.model.config.num_labels} (train one with 'rlhf reward-model')"
             )
         self.model.to(self.device).eval().requires_grad_(False)
         self.processor = StepAudio2Processor.from_pretrained(path)
@@ -225,7 +226,7 @@ class RewardModel:
         audio = kwargs.get("audio") or [None] * n
         rates = kwargs.get("sample_rate") or [None] * n
         spoken = kwargs.get("spoken") or [False] * n
-        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        texts = [completion_text(c) for c in completions]
         scores: list[float] = []
         for start in range(0, n, self.batch_size):
             batch = range(start, min(start + self.batch_size, n))

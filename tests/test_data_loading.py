@@ -31,9 +31,10 @@ def _messages(question: str) -> list[dict]:
 
 
 def test_synthetic_dataset_rows_become_prompt_samples(tiny_dataset_dir):
+    metadata = json.loads((tiny_dataset_dir.parent / "metadata.json").read_text())
     for path in (tiny_dataset_dir, tiny_dataset_dir.parent):  # data/ or make-data's folder
         test = load_prompt_dataset(path, "test")
-        assert len(test) == 30
+        assert len(test) == metadata["splits"]["test"]["rows"]
     row = test[0]
     sample = row_to_sample(row, 0, f"{tiny_dataset_dir}:test", think=False)
     assert sample.id == row["id"] and sample.think is False

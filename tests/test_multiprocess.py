@@ -2,18 +2,21 @@
 
 The test starts its own head (``ray start --head --block`` on 127.0.0.1, in a process group of
 its own) and stops exactly that group afterwards; ``ray stop`` would stop every Ray on the
-machine. The head runs without token authentication (``RAY_AUTH_MODE=disabled``) so that no token
-file is shared with the user's own clusters.
+machine. Driver and cluster must agree on token authentication (``RAY_AUTH_MODE``): a local
+``ray.init`` earlier in this process turned it on here, ``ray start`` alone would not; so the head
+gets this process's mode.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,7 +58,11 @@ def traced_optimizer_step(self):
 
 T.RLTrainer.micro_batches = traced_micro_batches
 T.RLTrainer.optimizer_step = traced_optimizer_step
-sys.exit(main(["train", *sys.argv[2:]]))
+code = main(["train", *sys.argv[2:]])
+import torch.distributed as dist
+if dist.is_initialized():  # else gloo may abort at exit ("terminate called without an active exception")
+    dist.destroy_process_group()
+sys.exit(code)
 """
 
 
@@ -73,7 +80,10 @@ def free_port() -> int:
 def ray_head():
     """A one-node Ray cluster with 2 CPUs; yields its address."""
     port = free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # its own temp dir: `ray start` records its address there, where no other ray.init looks
+    temp_dir = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: socket paths are limited
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    log = Path(temp_dir) / "head.log"
     head = subprocess.Popen(
         [
             sys.executable,
@@ -83,6 +93,7 @@ def ray_head():
             "--head",
             "--block",
             f"--port={port}",
+            f"--temp-dir={temp_dir}",
             "--node-ip-address=127.0.0.1",
             "--num-cpus=2",
             "--num-gpus=0",
@@ -92,28 +103,32 @@ def ray_head():
             "--disable-usage-stats",
         ],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log.open("w"),
         stderr=subprocess.STDOUT,
-        text=True,
         start_new_session=True,  # its own process group: stopping it stops nothing else
     )
-    output = []
-    for line in head.stdout:
-        output.append(line)
-        if "Ray runtime started" in line:
-            break
-    else:
-        pytest.fail("ray start --head failed:\n" + "".join(output))
+    deadline = time.monotonic() + 90
+    while "Ray runtime started" not in log.read_text():
+        if head.poll() is not None or time.monotonic() > deadline:
+            stop(head)
+            pytest.fail("ray start --head failed:\n" + log.read_text())
+        time.sleep(0.5)
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(head.pid, sig)
-            except ProcessLookupError:
-                break
-            time.sleep(2)
-        head.wait(timeout=30)
+        stop(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def stop(head: subprocess.Popen) -> None:
+    """Stop the head's process group: ``ray start``, GCS, raylet and the workers they started."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(head.pid, sig)
+        except ProcessLookupError:
+            break
+        time.sleep(2)
+    head.wait(timeout=30)
 
 
 def test_pool_joins_a_running_cluster(ray_head, tiny_model_dir):
@@ -149,18 +164,21 @@ def test_two_processes_train_against_one_pool(ray_head, tiny_model_dir, tiny_dat
         "rollout.num_generations=4",
         "rollout.sampling.max_new_tokens=8",
         "optim.micro_batch_size=2",
+        "algorithm.dynamic_sampling=false",  # a random model scores every group alike
         f"rollout.ray.address={ray_head}",
         "rollout.ray.num_workers=1",
         "rollout.ray.call_timeout_s=120",
     ]
     command = [
         *(sys.executable, "-m", "accelerate.commands.launch"),
-        *("--num_processes", "2", "--cpu", "--num_machines", "1"),
+        # --multi_gpu picks torchrun's launcher; without GPUs accelerate runs it as MULTI_CPU (gloo).
+        # (--cpu would start a single process.)
+        *("--multi_gpu", "--num_processes", "2", "--num_machines", "1"),
         *("--mixed_precision", "no", "--dynamo_backend", "no"),
         *("--main_process_port", str(free_port())),
         *(str(script), str(tmp_path), str(RECIPE), *overrides),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
 

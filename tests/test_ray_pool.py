@@ -22,14 +22,9 @@ from rollouts import ray_pool
 from rollouts.engine import LocalEngine
 from rollouts.policy import Policy
 from rollouts.ray_pool import RayEngine, RolloutWorkerError, WorkerModel
-from rollouts.tiny import make_tiny
 from rollouts.types import PromptSample, SamplingParams
 from rollouts.weights import policy_state, state_bytes
 
-CORPUS = [
-    "You are a helpful assistant. What is the speaker's gender? The speaker is male.",
-    "Is the pitch low or high? The pitch is low. Transcribe the clip. Hello world.",
-] * 20
 LORA = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
 SAMPLING = SamplingParams(max_new_tokens=12, seed=7)
 N = 2
@@ -61,8 +56,8 @@ def fault_reward(control: Path):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("ckpt") / "tiny", CORPUS, num_audio_codes=32)
+def tiny(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +89,7 @@ def samples():
 @pytest.fixture(scope="module")
 def pools(tiny, runner):
     """A 2-worker full-weights pool and a 1-worker LoRA pool on one local Ray."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     common = {"num_cpus_per_worker": 0.5, "call_timeout_s": 60.0, "max_retries": 1}
     with ThreadPoolExecutor(2) as threads:  # start both pools' workers side by side
         two = threads.submit(
@@ -137,7 +132,7 @@ def test_local_ray_is_started_with_the_pools_resources(monkeypatch):
     ray_pool._connect("", num_workers=3, cpus=1.5, gpus=0.5)
     ray_pool._connect("10.0.0.1:6379", num_workers=3, cpus=1.5, gpus=0.5)
     assert calls == [
-        {"num_cpus": 5, "num_gpus": 2, "include_dashboard": False},
+        {"address": "local", "num_cpus": 5, "num_gpus": 2, "include_dashboard": False},
         {"address": "10.0.0.1:6379"},
     ]
     assert ray_pool._shard_bounds(5, 2) == [(0, 3), (3, 5)]

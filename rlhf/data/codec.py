@@ -10,7 +10,9 @@ audio is buzzy but of the right length and loudness.
 
 Anything with ``encode``, ``decode``, ``sample_rate`` and ``codebook_size`` (the
 ``AudioTokenizer`` protocol) plugs in instead, e.g. a wrapper around the real CosyVoice 2
-tokenizer and detokenizer. The codebook size must not exceed the policy's number of audio codes.
+tokenizer and detokenizer. The codebook size must not exceed the policy's number of audio codes:
+the default, 64, fits the demo's tiny model (``rlhf make-tiny --audio-codes 64``); a larger
+codebook decodes a little better and gives the policy more codes to learn.
 """
 
 from __future__ import annotations
@@ -115,8 +117,9 @@ class KMeansCodec:
 
     def encode(self, wav: np.ndarray) -> list[int]:
         """One code per 40 ms of 16 kHz audio (``ceil(len / 640)`` codes)."""
-        vectors = torch.from_numpy(self.features(wav)).double()
-        return _nearest(vectors, torch.from_numpy(self.codebook).double()).tolist()
+        return _nearest(
+            torch.from_numpy(self.features(wav)), torch.from_numpy(self.codebook)
+        ).tolist()
 
     def decode(self, codes: Sequence[int]) -> np.ndarray:
         """16 kHz float32 audio, ``640 * len(codes)`` samples, via Griffin-Lim."""
@@ -165,8 +168,8 @@ class KMeansCodec:
         codebook_size: int = 64,
         *,
         seed: int = 0,
-        max_vectors: int = 20_000,
-        iterations: int = 25,
+        max_vectors: int = 10_000,
+        iterations: int = 20,
     ) -> KMeansCodec:
         """Fit the codebook on 16 kHz clips. Deterministic for a given ``seed`` and input order."""
         codec = cls(np.zeros((1, cls.stack * cls.n_mels), np.float32))
@@ -174,12 +177,13 @@ class KMeansCodec:
         rng = np.random.default_rng(seed)
         if len(vectors) > max_vectors:
             vectors = vectors[np.sort(rng.choice(len(vectors), max_vectors, replace=False))]
+        if codebook_size < 1:
+            raise ValueError(f"codebook_size must be at least 1, got {codebook_size}")
         if len(vectors) < codebook_size:
             raise ValueError(
                 f"{len(vectors)} frames of audio cannot fit {codebook_size} codes; give more audio"
             )
-        centers = _kmeans(torch.from_numpy(vectors).double(), codebook_size, rng, iterations)
-        codec.codebook = centers.float().numpy()
+        codec.codebook = _kmeans(torch.from_numpy(vectors), codebook_size, rng, iterations).numpy()
         return codec
 
     def save(self, directory: str | os.PathLike) -> None:
@@ -223,7 +227,7 @@ def _nearest(vectors: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
 
 
 def _kmeans(x: torch.Tensor, k: int, rng: np.random.Generator, iterations: int) -> torch.Tensor:
-    """Lloyd's k-means with k-means++ seeding, in float64 (no installed library has k-means)."""
+    """Lloyd's k-means with k-means++ seeding (no installed library has k-means)."""
     norms = (x**2).sum(1)
 
     def squared_distance(center: torch.Tensor) -> torch.Tensor:
@@ -233,7 +237,7 @@ def _kmeans(x: torch.Tensor, k: int, rng: np.random.Generator, iterations: int) 
     centers[0] = x[int(rng.integers(len(x)))]
     closest = squared_distance(centers[0])
     for j in range(1, k):
-        weights = closest.numpy()
+        weights = closest.double().numpy()
         total = weights.sum()
         index = rng.choice(len(x), p=weights / total) if total > 0 else rng.integers(len(x))
         centers[j] = x[int(index)]

@@ -246,23 +246,25 @@ OPENERS = (
     "The recording is short and clean, with a single speaker.",
     "There is no background noise, so the voice is easy to judge.",
 )
+# Gender cues speak of timbre, not pitch height: pitch is varied within each voice, so a man's
+# raised voice can be higher than a woman's lowered one.
 CUES: dict[str, tuple[str, ...]] = {
     "male": (
-        "The voice is deep and resonant.",
-        "Its fundamental frequency sits in the typical male range.",
+        "The timbre is full and resonant.",
         "The formants are low, as from a longer vocal tract.",
         "The vowels have a heavy chest resonance.",
+        "The resonances sound like an adult man's voice.",
         "Nothing in the timbre points to a female speaker.",
-        "Even the raised syllables stay fairly deep.",
+        "Whatever the intonation, the voice quality stays masculine.",
         "The overall tone is darker than a female voice.",
     ),
     "female": (
-        "The voice is light and bright.",
-        "Its fundamental frequency sits in the typical female range.",
+        "The timbre is light and bright.",
         "The formants are high, as from a shorter vocal tract.",
         "The vowels sound clear with a breathy quality.",
+        "The resonances sound like an adult woman's voice.",
         "Nothing in the timbre points to a male speaker.",
-        "Even the lowest syllables stay fairly light.",
+        "Whatever the intonation, the voice quality stays feminine.",
         "The overall tone is brighter than a male voice.",
     ),
     "low": (

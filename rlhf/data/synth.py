@@ -4,20 +4,21 @@ Each clip is one sentence from ``grammar`` spoken with three controlled, well-se
 paralinguistic levels:
 
 * gender: a male or a female espeak-ng voice variant (``en-us+m1`` ... ``en-us+f4``);
-* pitch: low or high *within that voice* (espeak pitch 10–25 vs 75–90 of 0–100: about an octave
-  apart, so a male voice's high pitch may still lie below a female voice's low one);
+* pitch: low or high *within that voice* (espeak pitch 10–25 vs 75–90 of 0–100: the voice's f0
+  rises 1.6–2×, so a male voice's high pitch may still lie below a female voice's low one);
 * speed: slow, normal or fast (100–120, 160–180, 240–270 words per minute).
 
-Levels are balanced exactly over each split (shuffled, then cycled), and the exact espeak pitch
-and rate inside a level are drawn at random. A clip yields ``tasks_per_clip`` chat rows (all five
-by default, so every question is asked about every clip): ``transcribe``, ``gender``, ``pitch``,
-``speed``, and ``spoken`` — a question about one dimension to be answered aloud, whose target
-carries the codes (``codec.KMeansCodec``, fitted on the training clips) of espeak speech of the
-reply in a fixed assistant voice. Targets have ``<think>`` reasoning of 5–80 words
-(``grammar.think``). Columns are those of CONTRACTS.md, "Dataset rows"; audio is FLAC bytes.
+A clip yields chat rows for ``tasks_per_clip`` of the five tasks (training: 1 by default, so the
+dataset stays small and every row has a new clip; held-out: all 5, so every question is scored on
+every clip): ``transcribe``, ``gender``, ``pitch``, ``speed``, and ``spoken`` — a question about
+one dimension to be answered aloud, whose target carries the codes (``codec.KMeansCodec``, fitted
+on the training clips) of espeak speech of the reply in a fixed assistant voice. Tasks are
+balanced over each split and levels within each task; the exact espeak pitch and rate inside a
+level are drawn at random. Targets have ``<think>`` reasoning of 5–80 words (``grammar.think``).
+Columns are those of CONTRACTS.md, "Dataset rows"; audio is 16 kHz FLAC bytes.
 
-The same arguments give byte-identical files: every random choice comes from the seed, and each
-utterance is synthesised by a fresh copy of libespeak-ng (see ``_Espeak``).
+The same arguments give byte-identical files, whatever ``workers``: every random choice comes
+from the seed, and each utterance is synthesised by a fresh copy of libespeak-ng (``_Espeak``).
 """
 
 from __future__ import annotations
@@ -78,13 +79,14 @@ class _Espeak:
     differently depending on what was spoken before. Loading a fresh copy of the library for each
     utterance (about 1 ms) makes a clip a pure function of its text, voice and settings, however
     clips are spread over processes. The noise generators are seeded too (breathy voices).
+    Not thread-safe: use processes.
     """
 
     def __init__(self):
         self._data = espeakng_loader.get_data_path().encode()
         self._libc = ctypes.CDLL(None)
 
-    def __call__(self, text: str, voice: str, rate: int, pitch: int) -> tuple[np.ndarray, int]:
+    def _fresh_library(self) -> ctypes.CDLL:
         handle, path = tempfile.mkstemp(suffix=".so", prefix="libespeak-ng-")
         try:
             os.close(handle)
@@ -92,6 +94,19 @@ class _Espeak:
             lib = ctypes.CDLL(path, mode=os.RTLD_LOCAL)
         finally:
             os.unlink(path)  # the mapping stays; the next load gets a new file, a fresh library
+        c = ctypes
+        lib.espeak_Initialize.argtypes = [c.c_int, c.c_int, c.c_char_p, c.c_int]
+        lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
+        lib.espeak_SetVoiceByName.argtypes = [c.c_char_p]
+        lib.espeak_SetParameter.argtypes = [c.c_int, c.c_int, c.c_int]
+        lib.espeak_ng_SetRandSeed.argtypes = [c.c_long]
+        lib.espeak_Synth.argtypes = [
+            c.c_char_p, c.c_size_t, c.c_uint, c.c_int, c.c_uint, c.c_uint, c.c_void_p, c.c_void_p,
+        ]  # fmt: skip
+        return lib
+
+    def __call__(self, text: str, voice: str, rate: int, pitch: int) -> tuple[np.ndarray, int]:
+        """``text`` as int16 samples at espeak-ng's own rate (22 050 Hz), and that rate."""
         chunks: list[np.ndarray] = []
 
         def collect(samples, count, _events):
@@ -100,13 +115,8 @@ class _Espeak:
             return 0
 
         callback = _SynthCallback(collect)
+        lib = self._fresh_library()
         try:
-            lib.espeak_Initialize.argtypes = [
-                ctypes.c_int,
-                ctypes.c_int,
-                ctypes.c_char_p,
-                ctypes.c_int,
-            ]
             rate_hz = lib.espeak_Initialize(
                 _AUDIO_OUTPUT_SYNCHRONOUS, 0, self._data, _INITIALIZE_DONT_EXIT
             )
@@ -117,11 +127,11 @@ class _Espeak:
                 raise RuntimeError(f"espeak-ng has no voice {voice!r}")
             lib.espeak_SetParameter(_RATE, rate, 0)
             lib.espeak_SetParameter(_PITCH, pitch, 0)
-            lib.espeak_ng_SetRandSeed(ctypes.c_long(1))
+            lib.espeak_ng_SetRandSeed(1)
             self._libc.srand(1)
             data = text.encode()
             status = lib.espeak_Synth(
-                data, ctypes.c_size_t(len(data) + 1), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
+                data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
             )
             if status != 0:
                 raise RuntimeError(f"espeak-ng failed ({status}) to speak {text!r}")
@@ -295,7 +305,7 @@ def clip_rows(
 
 def features():
     """The ``datasets.Features`` of the rows."""
-    from datasets import Features, List, Value
+    from datasets import Features, List, Value  # see build() for why here
 
     string = Value("string")
     return Features(
@@ -345,6 +355,7 @@ def build(
 ) -> dict:
     """Write ``out_dir/data`` (train + test), ``out_dir/codec``, ``metadata.json`` and
     ``README.md``; return the metadata."""
+    # Imported here, not at the top: pool workers import this module only to synthesise.
     import datasets
     import torch
 
@@ -361,6 +372,7 @@ def build(
     for voice in (*(f"{LANGUAGE}+{v}" for vs in VOICES.values() for v in vs), ASSISTANT["voice"]):
         check_voice(voice)
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     taken: set[str] = set()
     plans = {
@@ -400,11 +412,7 @@ def build(
         splits[split] = datasets.Dataset.from_list(rows, features=features())
 
     metadata = _metadata(plans, splits, seed, codec)
-    datasets.disable_progress_bars()
-    try:
-        datasets.DatasetDict(splits).save_to_disk(str(out_dir / "data"))
-    finally:
-        datasets.enable_progress_bars()
+    datasets.DatasetDict(splits).save_to_disk(str(out_dir / "data"))
     codec.save(out_dir / "codec")
     (out_dir / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     (out_dir / "README.md").write_text(_readme(metadata))
