@@ -168,7 +168,9 @@ def print_table(results: dict[str, Any], console: Console | None = None, title: 
     table.add_column("rows", justify="right")
     for dim, levels in DIMENSIONS.items():
         accuracy = results["paralinguistic"][dim]
-        table.add_row(f"{dim} accuracy", show(accuracy), f"{1 / levels:.3f}", str(counts.get(dim, 0)))
+        table.add_row(
+            f"{dim} accuracy", show(accuracy), f"{1 / levels:.3f}", str(counts.get(dim, 0))
+        )
     rows = str(counts.get(TRANSCRIBE, 0))
     table.add_row("ASR WER", show(results["asr"]["wer"]), "", rows)
     table.add_row("ASR CER", show(results["asr"]["cer"]), "", rows)

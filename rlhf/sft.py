@@ -160,7 +160,11 @@ class SFTTrainer:
             num_warmup_steps=config.optim.warmup_steps,
             num_training_steps=self.steps,
         )
-        self.logger = MetricsLogger(self.run_dir, config.run.report_to) if self.is_main else None
+        self.logger = None
+        if self.is_main:
+            # a fresh run (SFT does not resume): no stale metrics from an earlier one here
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            self.logger = MetricsLogger(self.run_dir, config.run.report_to)
         self.global_step = 0
 
     @property
@@ -236,7 +240,9 @@ class SFTTrainer:
                 history.append(metrics)
                 if self.logger is not None:
                     self.logger.log(self.global_step, metrics)
-                progress.update(task, completed=self.global_step, status=f"loss {metrics['loss']:.3f}")
+                progress.update(
+                    task, completed=self.global_step, status=f"loss {metrics['loss']:.3f}"
+                )
         self.save_final(self.run_dir / "final")
         if self.logger is not None:
             self.logger.close()

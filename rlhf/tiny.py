@@ -29,8 +29,12 @@ def run(args: argparse.Namespace) -> int:
     from rlhf.data.grammar import corpus
     from rollouts.tiny import make_tiny
 
-    out = make_tiny(args.out_dir, corpus().splitlines(), num_audio_codes=args.audio_codes, seed=args.seed)
+    out = make_tiny(
+        args.out_dir, corpus().splitlines(), num_audio_codes=args.audio_codes, seed=args.seed
+    )
     model = AutoModelForCausalLM.from_pretrained(out)
     total = sum(p.numel() for p in model.parameters())
-    print(f"wrote {out}: {total / 1e6:.2f} M parameters, vocabulary {model.config.text_config.vocab_size}")
+    print(
+        f"wrote {out}: {total / 1e6:.2f} M parameters, vocabulary {model.config.text_config.vocab_size}"
+    )
     return 0

@@ -26,7 +26,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -68,8 +68,7 @@ class PoolMetrics:
     syncs: int = 0
     sync_seconds: float = 0.0
     sync_bytes: int = 0
-    last_retries: int = 0
-    worker_info: list[dict[str, Any]] = field(default_factory=list)
+    retries_last_generate: int = 0
 
 
 class RolloutWorker:
@@ -108,9 +107,8 @@ class RolloutWorker:
     def ready(self) -> dict[str, Any]:
         return self.info
 
-    def update_weights(self, state: dict[str, torch.Tensor], version: int) -> int:
+    def update_weights(self, state: dict[str, torch.Tensor], version: int) -> None:
         self.engine.update_weights(state, version)
-        return version
 
     def generate(
         self, samples: list[PromptSample], n: int, sampling: SamplingParams
@@ -130,7 +128,8 @@ class RayEngine:
             bundle per worker.
         placement_strategy: Ray's ``PACK`` | ``SPREAD`` | ``STRICT_PACK`` | ``STRICT_SPREAD``.
         address: empty — start a local Ray with exactly the pool's resources; ``"auto"`` or
-            ``"host:port"`` — join that cluster. Ignored when this process is already connected.
+            ``"host:port"`` — join that cluster (see :func:`connect`). Ignored when this process
+            is already connected.
         call_timeout_s: the longest wait for any one call to a worker (start, sync or shard).
         max_retries: how often a shard is retried on a fresh worker before giving up.
         batch_size, train_on: passed to each worker's ``LocalEngine``.
@@ -155,7 +154,6 @@ class RayEngine:
     ):
         if num_workers < 1:
             raise ValueError(f"rollout.ray.num_workers must be >= 1, got {num_workers}")
-        self.model = model
         self.call_timeout_s = call_timeout_s
         self.max_retries = max_retries
         self.policy_version = 0
@@ -163,8 +161,7 @@ class RayEngine:
         self._last: dict[str, Any] = {}
         self._weights: tuple[ray.ObjectRef, int] | None = None  # latest sync, for new workers
 
-        if not ray.is_initialized():
-            _connect(address, num_workers, num_cpus_per_worker, num_gpus_per_worker)
+        connect(address, num_workers, num_cpus_per_worker, num_gpus_per_worker)
         bundle = {"CPU": num_cpus_per_worker}
         if num_gpus_per_worker > 0:
             bundle["GPU"] = num_gpus_per_worker
@@ -187,7 +184,8 @@ class RayEngine:
             "num_threads": max(1, math.floor(num_cpus_per_worker)),
         }
         self.workers = [self._start_worker(i) for i in range(num_workers)]
-        self._stats.worker_info = self._call_all("ready", [()] * num_workers, "start")
+        # where each worker runs: {"pid", "node", "device"}
+        self.worker_info: list[dict[str, Any]] = self._call_all("ready", [()] * num_workers, "start")
 
     @classmethod
     def from_config(cls, config: Any, reward_runner: RewardRunner | None = None) -> RayEngine:
@@ -227,7 +225,7 @@ class RayEngine:
         retries_before = self._stats.restarts
         results = self._call_all("generate", args, "generate")
         self._stats.generate_calls += 1
-        self._stats.last_retries = self._stats.restarts - retries_before
+        self._stats.retries_last_generate = self._stats.restarts - retries_before
 
         rollouts: list[Rollout] = []
         shard_rewards: list[RewardResult] = []
@@ -261,7 +259,7 @@ class RayEngine:
         pool = {
             "workers": stats.workers,
             "restarts": stats.restarts,
-            "retries_last_generate": stats.last_retries,
+            "retries_last_generate": stats.retries_last_generate,
             "generate_calls": stats.generate_calls,
             "syncs": stats.syncs,
             "sync_seconds": stats.sync_seconds,
@@ -345,12 +343,16 @@ class RayEngine:
         return results
 
 
-def _connect(address: str, num_workers: int, cpus: float, gpus: float) -> None:
+def connect(address: str = "", num_workers: int = 1, cpus: float = 1.0, gpus: float = 0.0) -> None:
     """Join the cluster at ``address``, or start a local Ray holding just the pool's resources.
 
+    Does nothing when this process is already connected. Call it before anything else touches
+    Ray (a reward placed on a shared actor, say): Ray's first use connects implicitly, elsewhere.
     ``address="local"`` makes Ray start a new instance even when ``ray start`` was run on this
-    machine before (plain ``ray.init()`` would connect to that one).
+    machine before (a plain ``ray.init()`` would join that one).
     """
+    if ray.is_initialized():
+        return
     if address:
         ray.init(address=address)
         return

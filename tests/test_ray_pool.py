@@ -65,9 +65,30 @@ def control(tmp_path_factory):
     return tmp_path_factory.mktemp("faults")
 
 
+def pid_reward():
+    """The scoring process's id as the reward (by value, like ``fault_reward``)."""
+
+    def pid(prompts, completions, **kwargs):
+        return [float(os.getpid())] * len(completions)
+
+    return pid
+
+
 @pytest.fixture(scope="module")
-def runner(control):
-    specs = [RewardSpec("think_format"), RewardSpec(fault_reward(control), timeout_s=None)]
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def runner(local_ray, control):
+    specs = [
+        RewardSpec("think_format"),
+        RewardSpec(fault_reward(control), timeout_s=None),
+        # a model-backed reward would sit on one shared actor that every worker calls
+        RewardSpec(pid_reward(), weight=0.0, remote={"num_cpus": 0}),
+    ]
     return RewardRunner(specs)
 
 
@@ -87,9 +108,8 @@ def samples():
 
 
 @pytest.fixture(scope="module")
-def pools(tiny, runner):
+def pools(local_ray, tiny, runner):
     """A 2-worker full-weights pool and a 1-worker LoRA pool on one local Ray."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     common = {"num_cpus_per_worker": 0.5, "call_timeout_s": 60.0, "max_retries": 1}
     with ThreadPoolExecutor(2) as threads:  # start both pools' workers side by side
         two = threads.submit(
@@ -103,7 +123,6 @@ def pools(tiny, runner):
     yield two, one
     two.shutdown()
     one.shutdown()
-    ray.shutdown()
 
 
 def local_engine(tiny, runner, lora=False) -> LocalEngine:
@@ -128,9 +147,10 @@ def assert_same_rollouts(expected, got):
 
 def test_local_ray_is_started_with_the_pools_resources(monkeypatch):
     calls = []
+    monkeypatch.setattr(ray_pool.ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray_pool.ray, "init", lambda **kw: calls.append(kw))
-    ray_pool._connect("", num_workers=3, cpus=1.5, gpus=0.5)
-    ray_pool._connect("10.0.0.1:6379", num_workers=3, cpus=1.5, gpus=0.5)
+    ray_pool.connect("", num_workers=3, cpus=1.5, gpus=0.5)
+    ray_pool.connect("10.0.0.1:6379", num_workers=3, cpus=1.5, gpus=0.5)
     assert calls == [
         {"address": "local", "num_cpus": 5, "num_gpus": 2, "include_dashboard": False},
         {"address": "10.0.0.1:6379"},
@@ -154,6 +174,11 @@ def test_pool_gives_the_local_engines_rollouts_with_one_or_two_workers(
     assert metrics["reward"]["probe"]["mean"] == pytest.approx(np.mean(lengths))
     assert metrics["reward"]["probe"]["applicable"] == 1.0
     assert metrics["time"]["decode"] > 0
+    # every worker scored through the one shared reward actor (the rollouts matched the local
+    # engine's, which called it from this process)
+    worker_pids = {info["pid"] for info in two.worker_info + one.worker_info}
+    assert len({r.rewards["pid"] for r in expected}) == 1
+    assert expected[0].rewards["pid"] not in worker_pids | {os.getpid()}
 
 
 def test_lora_sync_sends_only_the_adapter(pools, tiny, runner, samples):

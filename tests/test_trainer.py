@@ -13,7 +13,7 @@ from rlhf.config import RLConfig, load_config
 from rlhf.trainer import RLTrainer
 
 
-@reward("test_answer_length")
+@reward("trainer_test_think_chars")
 def answer_length(prompts, completions, **kwargs):
     """Varies across random completions, so a random policy gets non-zero advantages."""
     return [len(c.think or "") / 10 for c in completion_fields(completions, kwargs)]
@@ -36,7 +36,7 @@ def tiny_rl_config(model_dir, data_dir, out_dir, *extra: str) -> RLConfig:
             "rollout.sampling.temperature=1.0",
             "optim.lr=1e-3",
             "optim.micro_batch_size=4",
-            "rewards=[{name: test_answer_length}, {name: think_length, max_words: 4}, {name: paralinguistic}]",
+            "rewards=[{name: trainer_test_think_chars}, {name: think_length, max_words: 4}, {name: paralinguistic}]",
             *extra,
         ],
     )
