@@ -133,9 +133,7 @@ class RLTrainer:
         )
         self.engine = None
         if self.accelerator.is_main_process:
-            self.engine = build_engine(
-                config, self.policy, RewardRunner(reward_specs(config.rewards))
-            )
+            self.engine = build_engine(config, self.policy, reward_specs(config.rewards))
         self.logger = MetricsLogger(self.run_dir, config.run.report_to)
         self.global_step = 0
 
@@ -490,6 +488,7 @@ class RLTrainer:
             self.save()
         self.save_final(self.run_dir / "final")
         self.logger.close()
+        self.accelerator.end_training()
         return history
 
     def trainer_state(self) -> dict[str, Any]:
@@ -588,18 +587,21 @@ def rollout_metrics(rollouts: list[Rollout]) -> dict[str, Any]:
     }
 
 
-def build_engine(config: RLConfig, policy: Policy, reward_runner: RewardRunner):
+def build_engine(config: RLConfig, policy: Policy, reward_specs: list[RewardSpec]):
     rcfg = config.rollout
     if rcfg.engine == "local":
         return LocalEngine(
             policy,
-            reward_runner,
+            RewardRunner(reward_specs),
             batch_size=rcfg.batch_size,
             train_on=rcfg.train_on,
             shares_weights=True,
         )
     if rcfg.engine == "ray":
-        from rollouts.ray_pool import RayEngine
+        from rollouts.ray_pool import RayEngine, connect
 
-        return RayEngine.from_config(config, reward_runner)
+        ray = rcfg.ray
+        # join the configured cluster before a remote reward would start Ray on its own
+        connect(ray.address, ray.num_workers, ray.num_cpus_per_worker, ray.num_gpus_per_worker)
+        return RayEngine.from_config(config, RewardRunner(reward_specs))
     raise ValueError(f"rollout.engine: unknown {rcfg.engine!r}; choose 'local' or 'ray'")

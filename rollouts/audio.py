@@ -147,7 +147,7 @@ def log_mel(wav: np.ndarray) -> np.ndarray:
     wav = np.asarray(wav)
     if wav.ndim != 1 or wav.size == 0:
         raise ValueError(f"log_mel expects a non-empty 1-D waveform, got shape {wav.shape}")
-    audio = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
+    audio = torch.from_numpy(np.array(wav, dtype=np.float32))  # a copy: inputs may be read-only
     audio = torch.nn.functional.pad(audio, (0, RIGHT_PAD))
     stft = torch.stft(
         audio,

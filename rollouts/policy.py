@@ -4,9 +4,8 @@ Both the rollout engine and the trainer go through this object, so prompts are b
 embedded and log-probs are computed one way only.
 
 Log-probs never materialise ``[B, T, V]`` logits: hidden states of the completion positions are
-gathered, then pushed through the LM head in chunks of tokens, each chunk under activation
-checkpointing so that backward recomputes its logits instead of keeping them (V is 158 720 for
-Step-Audio 2; fp32 logits of 8 × 2048 tokens would take 10 GiB).
+gathered, then pushed through the LM head in chunks of tokens, forward and backward (V is 158 720
+for Step-Audio 2; fp32 logits of 8 × 2048 tokens would take 10 GiB).
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from rollouts.processor import StepAudio2Processor
 from rollouts.types import PromptSample
@@ -162,27 +160,61 @@ def chunked_logprobs(
 
     At most ``chunk_size × V`` fp32 logits exist at a time, in forward and in backward.
     """
-    logps, entropies = [], []
-    for start in range(0, targets.numel(), chunk_size):
-        args = (hidden[start : start + chunk_size], targets[start : start + chunk_size], weight)
-        if torch.is_grad_enabled():
-            lp, ent = checkpoint(_chunk_logprobs, *args, temperature, use_reentrant=False)
-        else:
-            lp, ent = _chunk_logprobs(*args, temperature)
-        logps.append(lp)
-        entropies.append(ent)
-    if not logps:
-        empty = hidden.new_zeros(0, dtype=torch.float32)
-        return empty, empty
-    return torch.cat(logps), torch.cat(entropies)
+    return _ChunkedLogprobs.apply(hidden, weight, targets, temperature, chunk_size)
 
 
-def _chunk_logprobs(
-    hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, temperature: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = (hidden @ weight.T).float() / temperature
-    log_normaliser = logits.logsumexp(-1)
-    logps = logits.gather(-1, targets[:, None]).squeeze(-1) - log_normaliser
-    probs = (logits - log_normaliser[:, None]).exp()
-    entropy = log_normaliser - (probs * logits).sum(-1)
-    return logps, entropy
+class _ChunkedLogprobs(torch.autograd.Function):
+    """Log-softmax at the targets and entropy through the LM head, chunk by chunk.
+
+    Written by hand because activation checkpointing per chunk does not bound memory (autograd
+    keeps every chunk's recomputed logits until the backward pass ends) and the fused kernels
+    that do (Liger, TRL's) need Triton on a GPU. Backward recomputes each chunk's logits and
+    applies the closed-form gradients, with ``z = logits / T``, ``p = softmax(z)``:
+    ``∂logp_y/∂z = onehot(y) - p`` and ``∂H/∂z = -p (log p + H)``.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature, chunk_size):
+        logps = hidden.new_empty(targets.shape, dtype=torch.float32)
+        entropies = torch.empty_like(logps)
+        for start in range(0, targets.numel(), chunk_size):
+            rows = slice(start, start + chunk_size)
+            log_p = _log_softmax(hidden[rows], weight, temperature)
+            logps[rows] = log_p.gather(-1, targets[rows, None]).squeeze(-1)
+            entropies[rows] = -log_p.exp().mul_(log_p).sum(-1)
+        ctx.save_for_backward(hidden, weight, targets, entropies)
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        return logps, entropies
+
+    @staticmethod
+    def backward(ctx, grad_logps, grad_entropies):
+        hidden, weight, targets, entropies = ctx.saved_tensors
+        grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = (
+            torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        )
+        for start in range(0, targets.numel(), ctx.chunk_size):
+            rows = slice(start, start + ctx.chunk_size)
+            g_logp = grad_logps[rows, None]
+            # in place, so that two chunk-sized tensors exist: log p (becoming ∂/∂z) and p
+            log_p = _log_softmax(hidden[rows], weight, ctx.temperature)
+            p = log_p.exp()
+            if grad_entropies is not None:
+                grad_z = log_p.add_(entropies[rows, None]).mul_(grad_entropies[rows, None])
+                grad_z.add_(g_logp).mul_(p).neg_()
+            else:
+                grad_z = p.mul_(-g_logp)
+            grad_z.scatter_add_(-1, targets[rows, None], g_logp)
+            grad_logits = grad_z.div_(ctx.temperature).to(weight.dtype)
+            if grad_hidden is not None:
+                grad_hidden[rows] = grad_logits @ weight
+            if grad_weight is not None:
+                grad_weight += (grad_logits.T @ hidden[rows]).float()
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None, None, None
+
+
+def _log_softmax(hidden: torch.Tensor, weight: torch.Tensor, temperature: float) -> torch.Tensor:
+    z = (hidden @ weight.T).float().div_(temperature)
+    return z.sub_(z.logsumexp(-1, keepdim=True))

@@ -185,7 +185,9 @@ class RayEngine:
         }
         self.workers = [self._start_worker(i) for i in range(num_workers)]
         # where each worker runs: {"pid", "node", "device"}
-        self.worker_info: list[dict[str, Any]] = self._call_all("ready", [()] * num_workers, "start")
+        self.worker_info: list[dict[str, Any]] = self._call_all(
+            "ready", [()] * num_workers, "start"
+        )
 
     @classmethod
     def from_config(cls, config: Any, reward_runner: RewardRunner | None = None) -> RayEngine:

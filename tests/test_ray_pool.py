@@ -56,11 +56,6 @@ def fault_reward(control: Path):
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    return tiny_model_dir
-
-
-@pytest.fixture(scope="module")
 def control(tmp_path_factory):
     return tmp_path_factory.mktemp("faults")
 
@@ -108,16 +103,21 @@ def samples():
 
 
 @pytest.fixture(scope="module")
-def pools(local_ray, tiny, runner):
+def pools(local_ray, tiny_model_dir, runner):
     """A 2-worker full-weights pool and a 1-worker LoRA pool on one local Ray."""
     common = {"num_cpus_per_worker": 0.5, "call_timeout_s": 60.0, "max_retries": 1}
     with ThreadPoolExecutor(2) as threads:  # start both pools' workers side by side
         two = threads.submit(
-            RayEngine, WorkerModel(str(tiny)), runner, num_workers=2, batch_size=4, **common
+            RayEngine,
+            WorkerModel(str(tiny_model_dir)),
+            runner,
+            num_workers=2,
+            batch_size=4,
+            **common,
         )
         # B = 0 in a fresh adapter: until a sync, the LoRA pool samples exactly like the base model
         one = threads.submit(
-            RayEngine, WorkerModel(str(tiny), lora=LORA), runner, num_workers=1, **common
+            RayEngine, WorkerModel(str(tiny_model_dir), lora=LORA), runner, num_workers=1, **common
         )
         two, one = two.result(), one.result()
     yield two, one
@@ -125,8 +125,8 @@ def pools(local_ray, tiny, runner):
     one.shutdown()
 
 
-def local_engine(tiny, runner, lora=False) -> LocalEngine:
-    policy = Policy.from_pretrained(tiny)
+def local_engine(tiny_model_dir, runner, lora=False) -> LocalEngine:
+    policy = Policy.from_pretrained(tiny_model_dir)
     if lora:
         from peft import LoraConfig, get_peft_model
 
@@ -160,10 +160,10 @@ def test_local_ray_is_started_with_the_pools_resources(monkeypatch):
 
 
 def test_pool_gives_the_local_engines_rollouts_with_one_or_two_workers(
-    pools, tiny, runner, samples
+    pools, tiny_model_dir, runner, samples
 ):
     two, one = pools
-    expected = local_engine(tiny, runner).generate(samples, N, SAMPLING)
+    expected = local_engine(tiny_model_dir, runner).generate(samples, N, SAMPLING)
     assert len({tuple(r.completion_ids) for r in expected}) > 1  # sampling, not one fixed answer
     assert_same_rollouts(expected, one.generate(samples, N, SAMPLING))
     assert_same_rollouts(expected, two.generate(samples, N, SAMPLING))
@@ -181,9 +181,9 @@ def test_pool_gives_the_local_engines_rollouts_with_one_or_two_workers(
     assert expected[0].rewards["pid"] not in worker_pids | {os.getpid()}
 
 
-def test_lora_sync_sends_only_the_adapter(pools, tiny, runner, samples):
+def test_lora_sync_sends_only_the_adapter(pools, tiny_model_dir, runner, samples):
     _, one = pools
-    local = local_engine(tiny, runner, lora=True)
+    local = local_engine(tiny_model_dir, runner, lora=True)
     with torch.no_grad():
         for name, param in local.policy.model.named_parameters():
             if "lora_B" in name:
@@ -195,17 +195,17 @@ def test_lora_sync_sends_only_the_adapter(pools, tiny, runner, samples):
 
     expected = local.generate(samples, N, SAMPLING)
     assert_same_rollouts(expected, one.generate(samples, N, SAMPLING))
-    full = state_bytes(Policy.from_pretrained(tiny).model.state_dict())
+    full = state_bytes(Policy.from_pretrained(tiny_model_dir).model.state_dict())
     stats = one.metrics()["ray"]
     assert stats["sync_bytes"] == state_bytes(adapter) < full / 10
     assert stats["syncs"] == 1 and stats["policy_version"] == 3 and stats["sync_seconds"] > 0
 
 
 def test_worker_dying_mid_batch_is_replaced_with_the_latest_weights(
-    pools, tiny, runner, samples, control
+    pools, tiny_model_dir, runner, samples, control
 ):
     two, _ = pools
-    local = local_engine(tiny, runner)
+    local = local_engine(tiny_model_dir, runner)
     with torch.no_grad():
         local.policy.model.lm_head.weight.mul_(1.5)
     state = policy_state(local.policy.model)
