@@ -10,6 +10,9 @@ import argparse
 import importlib
 import sys
 
+from rlhf.config import ConfigError
+from rollouts.audio import AudioError
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("rlhf.demo", "make data, build the tiny model, SFT, GRPO and evaluate, end to end"),
     "make-tiny": ("rlhf.tiny", "build a tiny randomly initialised Step-Audio 2 model + tokenizer"),
@@ -45,7 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"rlhf {name}", description=help_)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    return module.run(args) or 0
+    try:
+        return module.run(args) or 0
+    except (ConfigError, AudioError, FileNotFoundError) as err:
+        # the user's input is wrong, not our code: say what and where, without a traceback
+        print(f"rlhf {name}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
