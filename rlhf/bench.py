@@ -106,6 +106,8 @@ def bench_generate(args: argparse.Namespace) -> dict:
         for i in range(args.clips)
     ]
     inputs = policy.build_inputs(samples)
+    with torch.no_grad():  # warm-up: first-call allocations and kernel selection
+        policy.model.generate(**inputs, max_new_tokens=2, do_sample=False)
     results = {}
     for use_cache in (True, False):
         start = time.perf_counter()

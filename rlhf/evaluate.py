@@ -23,7 +23,7 @@ from rich.table import Table
 
 from rewards import TextNormalizer
 from rewards.format import ta4_format, think_format
-from rewards.paralinguistic import paralinguistic
+from rewards.paralinguistic import LABELS, asserted_levels, paralinguistic
 from rewards.text import count_words
 from rlhf.data.loading import load_prompt_dataset, row_to_sample
 from rollouts.engine import LocalEngine
@@ -105,6 +105,17 @@ def score(
         dim: _mean([c for c, t in zip(correct, tasks) if t == dim and c is not None])
         for dim in DIMENSIONS
     }
+    # what the answers say, per question: shows a policy that always gives the same level
+    results["predicted"] = {
+        dim: dict(
+            sorted(
+                Counter(
+                    _asserted(rollouts[i].answer, dim) for i, t in enumerate(tasks) if t == dim
+                ).items()
+            )
+        )
+        for dim in DIMENSIONS
+    }
 
     normalize = TextNormalizer()
     rows = [i for i, t in enumerate(tasks) if t == TRANSCRIBE and normalize(labels[i] or "")]
@@ -120,12 +131,15 @@ def score(
     spoken_ok = ta4_format(
         prompts, texts, audio_pad_code=audio_pad_code, spoken=[s.spoken for s in samples]
     )
-    results["format_ok"] = _mean(
-        [
-            float(r.finish_reason == "stop" and t == 1.0 and s != 0.0)
-            for r, t, s in zip(rollouts, thought, spoken_ok)
-        ]
-    )
+    well_formed = [
+        float(r.finish_reason == "stop" and t == 1.0 and s != 0.0)
+        for r, t, s in zip(rollouts, thought, spoken_ok)
+    ]
+    results["format_ok"] = _mean(well_formed)
+    results["format_ok_by_task"] = {
+        task: _mean([ok for ok, t in zip(well_formed, tasks) if t == task])
+        for task in sorted(set(map(str, tasks)))
+    }
 
     spoken = [i for i, s in enumerate(samples) if s.spoken]
     results["spoken"] = {
@@ -148,6 +162,12 @@ def score(
     results["completion_tokens_mean"] = _mean([len(r.completion_ids) for r in rollouts])
     results["finished"] = _mean([float(r.finish_reason == "stop") for r in rollouts])
     return results
+
+
+def _asserted(answer: str, dimension: str) -> str:
+    """The one level ``answer`` names for ``dimension``, or "none" / "several"."""
+    found = asserted_levels(answer, LABELS[dimension])
+    return found.pop() if len(found) == 1 else ("none" if not found else "several")
 
 
 def _mean(values: list[float]) -> float | None:

@@ -61,10 +61,17 @@ def test_score_on_known_answers():
     results = score(samples, rollouts, audio_pad_code=PAD)
     assert results["n"] == 6
     assert results["paralinguistic"] == {"gender": 0.5, "pitch": 1.0, "speed": 0.0}
+    assert results["predicted"] == {
+        "gender": {"male": 2},
+        "pitch": {"high": 1},
+        "speed": {"none": 1},
+    }
     assert results["asr"]["wer"] == pytest.approx(1 / 6)  # "the" → "a"
     assert results["asr"]["cer"] == pytest.approx(3 / 22)  # "the" → "a": 3 characters
     assert results["think_words_mean"] == pytest.approx((2 + 1 + 3 + 4 + 1 + 1) / 6)
     assert results["format_ok"] == pytest.approx(5 / 6)  # the unfinished one
+    assert results["format_ok_by_task"]["speed"] == 0.0
+    assert results["format_ok_by_task"]["spoken"] == 1.0
     assert results["spoken"]["exact"] == 1.0
     assert results["counts"] == {"gender": 2, "pitch": 1, "speed": 1, "spoken": 1, "transcribe": 1}
     json.dumps(results)  # plain JSON types only
