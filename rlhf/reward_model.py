@@ -16,7 +16,6 @@ without reasoning (``no_reasoning``).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -32,12 +31,12 @@ from accelerate.utils import set_seed
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, track
 from transformers import get_scheduler
 
-from rlhf.checkpoint import write_atomic
 from rlhf.config import DataConfig, ModelConfig, OptimConfig, RunConfig, load_config, save_config
 from rlhf.data import grammar
 from rlhf.data.loading import load_prompt_dataset, row_to_sample
 from rlhf.data.stream import PromptStream
 from rlhf.metrics import MetricsLogger
+from rlhf.training import optimizer_step, prepare_model, save_pretrained
 from rollouts.chat import AssistantTarget, render_completion
 from rollouts.processor import StepAudio2Processor
 from rollouts.types import PromptSample
@@ -172,23 +171,7 @@ def load_reward_model(config: ModelConfig, device: torch.device) -> torch.nn.Mod
     model = StepAudio2ForSequenceClassification.from_pretrained(
         config.path, num_labels=1, dtype=getattr(torch, config.dtype)
     ).to(device)
-    if config.freeze_audio_encoder:
-        for module in (model.encoder, model.adapter):
-            module.requires_grad_(False)
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if config.lora.enabled:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            r=config.lora.r,
-            lora_alpha=config.lora.alpha,
-            lora_dropout=config.lora.dropout,
-            target_modules=list(config.lora.target_modules),
-            modules_to_save=["score"],
-        )
-        model = get_peft_model(model, lora)
-    return model
+    return prepare_model(model, config, modules_to_save=["score"])
 
 
 def pair_rewards(
@@ -288,17 +271,13 @@ class RewardModelTrainer:
         }
 
     def _optimizer_step(self) -> float:
-        # averaged by hand, as in the SFT and RL trainers (no DDP wrapper to keep in sync)
-        if self.accelerator.num_processes > 1:
-            for p in self.params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                p.grad = self.accelerator.reduce(p.grad, "mean")
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.optim.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return optimizer_step(
+            self.params,
+            self.optimizer,
+            self.scheduler,
+            self.accelerator,
+            self.config.optim.max_grad_norm,
+        )
 
     @torch.no_grad()
     def evaluate(self, pairs: list[PreferencePair]) -> dict[str, Any]:
@@ -380,18 +359,7 @@ class RewardModelTrainer:
     def save_final(self, path: Path) -> Path:
         """A plain ``from_pretrained`` checkpoint (LoRA merged) with its processor: what the
         ``reward_model`` reward loads."""
-        model = self.model
-        if self.config.model.lora.enabled:
-            model = copy.deepcopy(model).merge_and_unload()
-        if self.is_main:
-
-            def write(tmp: Path) -> None:
-                model.save_pretrained(tmp)
-                self.processor.save_pretrained(tmp)
-
-            write_atomic(path, write)
-        self.accelerator.wait_for_everyone()
-        return path
+        return save_pretrained(self.model, self.processor, path, self.accelerator)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

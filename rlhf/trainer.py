@@ -28,11 +28,12 @@ from transformers import get_scheduler
 from rewards import RewardRunner, RewardSpec
 from rlhf.algorithms import final_token_rewards, gae, group_advantages, kl_penalty, policy_loss
 from rlhf.algorithms.filtering import difficulty_filter, dynamic_sampling_mask, pass_rate
-from rlhf.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, write_atomic
+from rlhf.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from rlhf.config import ModelConfig, RLConfig, save_config
 from rlhf.data.loading import load_prompt_dataset, row_to_sample
 from rlhf.data.stream import PromptStream
 from rlhf.metrics import MetricsLogger, Timer
+from rlhf.training import optimizer_step, prepare_model, save_pretrained
 from rollouts.engine import LocalEngine, sample_seed
 from rollouts.policy import Policy, SequenceBatch
 from rollouts.types import PromptSample, Rollout, SamplingParams
@@ -59,24 +60,9 @@ class MicroBatch:
 
 
 def load_policy(config: ModelConfig, device: torch.device) -> Policy:
-    """Load the SFT checkpoint, freeze the audio path, add LoRA adapters when asked."""
+    """Load the SFT checkpoint, ready to train (frozen encoder, LoRA when asked)."""
     policy = Policy.from_pretrained(config.path, dtype=config.dtype, device=str(device))
-    model = policy.model
-    if config.freeze_audio_encoder:
-        for module in (model.encoder, model.adapter):
-            module.requires_grad_(False)
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if config.lora.enabled:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            r=config.lora.r,
-            lora_alpha=config.lora.alpha,
-            lora_dropout=config.lora.dropout,
-            target_modules=list(config.lora.target_modules),
-        )
-        policy.model = get_peft_model(model, lora)
+    policy.model = prepare_model(policy.model, config)
     return policy
 
 
@@ -442,18 +428,16 @@ class RLTrainer:
         return self.accelerator.reduce(values, "sum")
 
     def optimizer_step(self) -> float:
+        # each process's loss is normalised by whole-batch counts, so the shards' gradients add up
         params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.accelerator.num_processes > 1:
-            for p in params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                # losses are normalised by whole-batch counts, so the shards' gradients add up
-                p.grad = self.accelerator.reduce(p.grad, "sum")
-        norm = torch.nn.utils.clip_grad_norm_(params, self.config.optim.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return optimizer_step(
+            params,
+            self.optimizer,
+            self.scheduler,
+            self.accelerator,
+            self.config.optim.max_grad_norm,
+            reduce="sum",
+        )
 
     # ------------------------------------------------------------------ run, save, resume
     def train(self, resume: bool | str = False) -> list[dict[str, Any]]:
@@ -541,17 +525,7 @@ class RLTrainer:
 
     def save_final(self, path: Path) -> None:
         """A plain ``from_pretrained`` checkpoint (LoRA merged) for eval and the next stage."""
-        if not self.accelerator.is_main_process:
-            return
-        model = self.model
-        if self.lora:
-            model = copy.deepcopy(model).merge_and_unload()
-
-        def write(tmp: Path) -> None:
-            model.save_pretrained(tmp)
-            self.policy.processor.save_pretrained(tmp)
-
-        write_atomic(path, write)
+        save_pretrained(self.model, self.policy.processor, path, self.accelerator)
 
 
 ACCURACY_REWARDS = ("accuracy", "paralinguistic")
