@@ -14,7 +14,6 @@ log-prob is and no ``[B, T, V]`` logits are materialised.
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -34,11 +33,11 @@ from rich.progress import (
 )
 from transformers import get_scheduler
 
-from rlhf.checkpoint import write_atomic
-from rlhf.config import DataConfig, ModelConfig, SFTConfig, load_config, save_config
+from rlhf.config import DataConfig, SFTConfig, load_config, save_config
 from rlhf.data.loading import load_prompt_dataset, row_to_sample
 from rlhf.data.stream import PromptStream
 from rlhf.metrics import MetricsLogger
+from rlhf.training import optimizer_step, prepare_model, save_pretrained
 from rollouts.chat import IGNORE_INDEX, AssistantTarget
 from rollouts.policy import Policy, SequenceBatch
 from rollouts.types import PromptSample
@@ -83,27 +82,6 @@ def load_examples(data: DataConfig, split: str | None = None) -> list[Example]:
     return examples
 
 
-def load_policy(config: ModelConfig, device: torch.device) -> Policy:
-    """The model to fine-tune: encoder frozen when asked, LoRA adapters when enabled."""
-    policy = Policy.from_pretrained(config.path, dtype=config.dtype, device=str(device))
-    model = policy.model
-    if config.freeze_audio_encoder:
-        model.encoder.requires_grad_(False)
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if config.lora.enabled:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            r=config.lora.r,
-            lora_alpha=config.lora.alpha,
-            lora_dropout=config.lora.dropout,
-            target_modules=list(config.lora.target_modules),
-        )
-        policy.model = get_peft_model(model, lora)
-    return policy
-
-
 def sequence_batch(batch: dict[str, torch.Tensor | None]) -> SequenceBatch:
     """An ``sft_batch`` as a ``SequenceBatch`` whose "completion" starts at the first labelled
     token and whose mask is the labels' (so ``Policy.logprobs`` scores exactly those tokens)."""
@@ -136,9 +114,11 @@ class SFTTrainer:
         set_seed(config.run.seed)
 
         self.examples = load_examples(config.data)
-        self.policy = load_policy(config.model, self.accelerator.device)
-        self.model = self.policy.model
-        # One step: a micro-batch on every process, gradients averaged across them.
+        self.policy = Policy.from_pretrained(
+            config.model.path, dtype=config.model.dtype, device=str(self.accelerator.device)
+        )
+        self.model = self.policy.model = prepare_model(self.policy.model, config.model)
+        # One step: a micro-batch on every process; their gradients are summed (see step).
         self.batch_size = config.optim.micro_batch_size * self.accelerator.num_processes
         self.steps = config.run.steps
         if config.epochs is not None:
@@ -184,10 +164,17 @@ class SFTTrainer:
         logprobs, _ = self.policy.logprobs(sequences, chunk_size=self.config.run.logprob_chunk_size)
         mask = sequences.completion_mask.float()
         nll = -(logprobs * mask).sum()
-        # token mean over the whole step, across processes
+        # token mean over the whole step: each process divides by the tokens of all of them
         tokens = self._sum(mask.sum().detach())
-        self.accelerator.backward(nll * self.accelerator.num_processes / tokens.clamp(min=1))
-        grad_norm = self._optimizer_step()
+        self.accelerator.backward(nll / tokens.clamp(min=1))
+        grad_norm = optimizer_step(
+            [p for p in self.model.parameters() if p.requires_grad],
+            self.optimizer,
+            self.scheduler,
+            self.accelerator,
+            self.config.optim.max_grad_norm,
+            reduce="sum",
+        )
         self.global_step += 1
         loss = float(self._sum(nll.detach()) / tokens.clamp(min=1))
         return {
@@ -204,21 +191,6 @@ class SFTTrainer:
         if self.accelerator.num_processes == 1:
             return value
         return self.accelerator.reduce(value.to(self.accelerator.device), "sum")
-
-    def _optimizer_step(self) -> float:
-        # Gradients averaged by hand, not by DDP: the chunked log-prob path calls the decoder and
-        # LM head directly, which DDP's forward hooks would not see (as in the RL trainer).
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.accelerator.num_processes > 1:
-            for p in params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                p.grad = self.accelerator.reduce(p.grad, "mean")
-        norm = torch.nn.utils.clip_grad_norm_(params, self.config.optim.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
 
     def train(self) -> list[dict[str, Any]]:
         """Run every step, log each, save ``run_dir/final``; returns the per-step metrics."""
@@ -250,18 +222,7 @@ class SFTTrainer:
 
     def save_final(self, path: Path) -> Path:
         """A plain ``from_pretrained`` checkpoint (LoRA merged in) with its processor."""
-        model = self.model
-        if self.config.model.lora.enabled:
-            model = copy.deepcopy(model).merge_and_unload()
-        if self.is_main:
-
-            def write(tmp: Path) -> None:
-                model.save_pretrained(tmp)
-                self.policy.processor.save_pretrained(tmp)
-
-            write_atomic(path, write)
-        self.accelerator.wait_for_everyone()
-        return path
+        return save_pretrained(self.model, self.policy.processor, path, self.accelerator)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

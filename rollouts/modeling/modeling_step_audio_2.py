@@ -156,8 +156,14 @@ class StepAudio2PreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        if module is getattr(getattr(self, "encoder", None), "positional_embedding", None):
+        encoder = getattr(self, "encoder", None)
+        if module is getattr(encoder, "positional_embedding", None):
             init.copy_(module.weight, _sinusoids(*module.weight.shape))
+        elif encoder is not None and module in (encoder.conv1, encoder.conv2):
+            # He init: with the default N(0, 0.02) a random encoder's convolutions shrink the
+            # mel input to noise, and a tiny model trained from scratch cannot hear its audio
+            init.kaiming_normal_(module.weight, nonlinearity="relu")
+            init.zeros_(module.bias)
         else:
             super()._init_weights(module)
 
