@@ -146,6 +146,8 @@ class RunConfig:
     keep_last: int = 2
     report_to: list[str] = field(default_factory=list)  # tensorboard | wandb | trackio
     logprob_chunk_size: int = 1024  # tokens per chunk through the LM head
+    # bitwise-reproducible GPU runs (slower kernels); CPU runs are reproducible anyway
+    deterministic: bool = False
 
 
 @dataclass

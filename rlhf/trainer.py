@@ -76,7 +76,7 @@ class RLTrainer:
         self.config = config
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         self.run_dir = Path(config.run.output_dir)
-        set_seed(config.run.seed)
+        set_seed(config.run.seed, deterministic=config.run.deterministic)
         acfg = config.algorithm
 
         self.policy = load_policy(config.model, self.accelerator.device)
