@@ -96,29 +96,14 @@ def run(args: argparse.Namespace) -> int:
     if args.sft_steps:
         sft_overrides.append(f"run.steps={args.sft_steps}")
     _rlhf("sft", _recipe("tiny_sft.yaml"), *sft_overrides)
-    _rlhf(
-        "eval",
-        "--model",
-        str(sft / "final"),
-        "--data",
-        dataset,
-        "--json",
-        str(out / "eval_sft.json"),
-    )
+    evaluate = ("eval", "--data", dataset, "--batch-size", "64")
+    _rlhf(*evaluate, "--model", str(sft / "final"), "--json", str(out / "eval_sft.json"))
 
     rl_overrides = [f"model.path={sft / 'final'}", f"data.path={dataset}", f"run.output_dir={grpo}"]
     if args.rl_steps:
         rl_overrides.append(f"run.steps={args.rl_steps}")
     _rlhf("train", _recipe("tiny_grpo.yaml"), *rl_overrides)
-    _rlhf(
-        "eval",
-        "--model",
-        str(grpo / "final"),
-        "--data",
-        dataset,
-        "--json",
-        str(out / "eval_rl.json"),
-    )
+    _rlhf(*evaluate, "--model", str(grpo / "final"), "--json", str(out / "eval_rl.json"))
     _rlhf("plot", str(grpo), "--out", str(out / "curves.png"))
 
     before = json.loads((out / "eval_sft.json").read_text())
