@@ -122,7 +122,6 @@ class AlgorithmConfig:
     mask_truncated: bool = False
     num_iterations: int = 1
     dynamic_sampling: bool = False
-    max_resample_rounds: int = 0  # extra generation rounds to refill after dynamic sampling
     difficulty_band: list[float] | None = None  # keep prompts whose pass rate is inside [lo, hi]
     ppo: PPOConfig = field(default_factory=PPOConfig)
 
