@@ -49,7 +49,6 @@ class ModelConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     freeze_audio_encoder: bool = True
     gradient_checkpointing: bool = False
-    trust_remote_code: bool = False
 
 
 @dataclass
