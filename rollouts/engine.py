@@ -149,6 +149,8 @@ class LocalEngine:
         logprobs = [[] for _ in range(rows)]
         finish = ["length"] * rows
         active = list(range(rows))  # rows still decoding, in cache order
+        # tokens each active row has generated, for the repetition penalty
+        seen = torch.zeros(rows, logits.shape[-1], dtype=torch.bool, device=logits.device)
         prompt_ids = [
             inputs["input_ids"][b][inputs["attention_mask"][b].bool()].tolist()
             for b in range(len(samples))
@@ -157,10 +159,11 @@ class LocalEngine:
             chosen, chosen_logprobs = _sample(
                 logits,
                 banned,
-                [tokens[r] for r in active],
+                seen,
                 [generators[r] for r in active],
                 sampling,
             )
+            seen[torch.arange(len(active), device=seen.device), chosen] = True
             keep = []
             for i, row in enumerate(active):
                 token = int(chosen[i])
@@ -176,7 +179,7 @@ class LocalEngine:
                 index = torch.tensor(keep, device=logits.device)
                 cache.batch_select_indices(index)
                 attention_mask, next_position = attention_mask[index], next_position[index]
-                chosen = chosen[index]
+                chosen, seen = chosen[index], seen[index]
                 active = [active[i] for i in keep]
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], 1)
             out = base(
@@ -224,7 +227,7 @@ class LocalEngine:
 def _sample(
     logits: torch.Tensor,
     banned: torch.Tensor,
-    histories: list[list[int]],
+    seen: torch.Tensor,
     generators: list[torch.Generator],
     sampling: SamplingParams,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,15 +244,12 @@ def _sample(
         chosen = adjusted.argmax(-1)
         return chosen, behaviour.gather(-1, chosen[:, None]).squeeze(-1)
     if sampling.repetition_penalty != 1.0:
-        for i, history in enumerate(histories):
-            if history:
-                seen = torch.tensor(sorted(set(history)), device=logits.device)
-                values = adjusted[i, seen]
-                adjusted[i, seen] = torch.where(
-                    values > 0,
-                    values / sampling.repetition_penalty,
-                    values * sampling.repetition_penalty,
-                )
+        penalised = torch.where(
+            adjusted > 0,
+            adjusted / sampling.repetition_penalty,
+            adjusted * sampling.repetition_penalty,
+        )
+        adjusted = torch.where(seen, penalised, adjusted)
     if sampling.top_k > 0:
         kth = adjusted.topk(min(sampling.top_k, adjusted.shape[-1]), dim=-1).values[:, -1:]
         adjusted = adjusted.masked_fill(adjusted < kth, float("-inf"))

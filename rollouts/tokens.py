@@ -8,19 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# the tokens a completion's text shows are defined once, in the lowest layer, for rewards to read
+from rewards.text import THINK, THINK_END, TOOL_CALL, TOOL_CALL_END, TTS_END, TTS_PAD, TTS_START
+
 BOT = "<|BOT|>"
 EOT = "<|EOT|>"
 PAD = "<|endoftext|>"  # pad token (the released model pads with it too)
 AUDIO_START = "<audio_start>"
 AUDIO_END = "<audio_end>"
 AUDIO_PATCH = "<audio_patch>"
-TTS_START = "<tts_start>"
-TTS_END = "<tts_end>"
-TTS_PAD = "<tts_pad>"
-THINK = "<think>"
-THINK_END = "</think>"
-TOOL_CALL = "<tool_call>"
-TOOL_CALL_END = "</tool_call>"
 
 SPECIAL_TOKENS: tuple[str, ...] = (
     PAD,
