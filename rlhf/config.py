@@ -120,7 +120,8 @@ class AlgorithmConfig:
     entropy_coef: float = 0.0
     mask_truncated: bool = False
     num_iterations: int = 1
-    dynamic_sampling: bool = False
+    dynamic_sampling: bool = False  # drop groups whose rewards are all equal
+    refill_rounds: int = 0  # extra rollout rounds of fresh prompts to refill dropped groups (DAPO)
     difficulty_band: list[float] | None = None  # keep prompts whose pass rate is inside [lo, hi]
     ppo: PPOConfig = field(default_factory=PPOConfig)
 

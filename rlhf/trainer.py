@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -130,12 +130,25 @@ class RLTrainer:
         timer = Timer()
 
         # 1. Rollouts: n completions per prompt, scored by the rewards on the engine's side.
-        samples = self.prompts.next(cfg.rollout.prompts_per_step)
-        with timer("generation"):
-            rollouts, engine_metrics = self.generate(samples)
-
-        # 2. Which groups to learn from (difficulty band, dynamic sampling).
-        rollouts, selection_metrics = self.select_groups(rollouts)
+        # 2. Which groups to learn from (difficulty band, dynamic sampling). With
+        #    `refill_rounds`, fresh prompts are rolled out until prompts_per_step groups are kept.
+        samples, rollouts, generated = [], [], 0
+        for refill in range(1 + acfg.refill_rounds):
+            missing = cfg.rollout.prompts_per_step - len({r.group for r in rollouts})
+            if missing == 0:
+                break
+            batch = self.prompts.next(missing)
+            with timer("generation"):
+                new, round_metrics = self.generate(batch, refill, first_group=len(samples))
+            if refill == 0:
+                engine_metrics = round_metrics  # rewards as sampled, before any filtering
+            samples += batch
+            generated += len(new)
+            rollouts += self.select_groups(new)
+        selection_metrics = {
+            "groups_kept_fraction": len(rollouts) / generated,
+            "prompts_generated": len(samples),
+        }
 
         # 3. Micro-batches with old and reference log-probs, and the critic's values (PPO).
         with timer("logprobs"):
@@ -180,22 +193,27 @@ class RLTrainer:
         return metrics
 
     # ------------------------------------------------------------------ stages
-    def generate(self, samples: list[PromptSample]) -> tuple[list[Rollout], dict[str, Any]]:
-        """Main process asks the engine; every process receives the same rollouts."""
+    def generate(
+        self, samples: list[PromptSample], refill: int, first_group: int
+    ) -> tuple[list[Rollout], dict[str, Any]]:
+        """Main process asks the engine; every process receives the same rollouts, their groups
+        numbered from ``first_group``."""
         rcfg = self.config.rollout
         sampling = SamplingParams(
             **vars(rcfg.sampling),
-            seed=sample_seed(self.config.run.seed, "step", self.global_step),
+            seed=sample_seed(self.config.run.seed, f"step {self.global_step}", refill),
         )
         payload: list[Any] = [None]
         if self.accelerator.is_main_process:
             rollouts = self.engine.generate(samples, rcfg.num_generations, sampling)
+            rollouts = [replace(r, group=r.group + first_group) for r in rollouts]
             payload = [(rollouts, self.engine.metrics())]
         if self.accelerator.num_processes > 1:
             broadcast_object_list(payload)
         return payload[0]
 
-    def select_groups(self, rollouts: list[Rollout]) -> tuple[list[Rollout], dict[str, Any]]:
+    def select_groups(self, rollouts: list[Rollout]) -> list[Rollout]:
+        """The rollouts of the groups inside the difficulty band that are worth learning from."""
         acfg = self.config.algorithm
         rewards = torch.tensor([math.nan if r.reward is None else r.reward for r in rollouts])
         groups = torch.tensor([r.group for r in rollouts])
@@ -208,9 +226,7 @@ class RLTrainer:
             keep &= difficulty_filter(rates, low, high)[torch.searchsorted(ids, groups)]
         if acfg.dynamic_sampling:
             keep &= dynamic_sampling_mask(rewards, groups)
-        kept = [r for r, k in zip(rollouts, keep.tolist()) if k]
-        metrics = {"groups_kept_fraction": float(keep.float().mean())}
-        return kept, metrics
+        return [r for r, k in zip(rollouts, keep.tolist()) if k]
 
     def micro_batches(
         self, samples: list[PromptSample], rollouts: list[Rollout]

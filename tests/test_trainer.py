@@ -19,6 +19,13 @@ def answer_length(prompts, completions, **kwargs):
     return [len(c.think or "") / 10 for c in completion_fields(completions, kwargs)]
 
 
+@reward("trainer_test_flat_on_gender")
+def flat_on_gender(prompts, completions, task, **kwargs):
+    """The same reward for every answer to a gender question: dynamic sampling drops its group."""
+    fields = completion_fields(completions, kwargs)
+    return [0.0 if t == "gender" else 1 + len(c.think or "") / 10 for t, c in zip(task, fields)]
+
+
 def tiny_rl_config(model_dir, data_dir, out_dir, *extra: str) -> RLConfig:
     return load_config(
         RLConfig,
@@ -66,6 +73,31 @@ def test_grpo_steps_log_metrics_and_change_weights(tiny_model_dir, tiny_dataset_
     assert (tmp_path / "run" / "config.yaml").exists()
     assert (tmp_path / "run" / "step-000002" / "trainer_state.pt").exists()
     assert (tmp_path / "run" / "final" / "config.json").exists()
+
+
+def test_dynamic_sampling_refills_the_dropped_groups(tiny_model_dir, tiny_dataset_dir, tmp_path):
+    def run(refill_rounds: int) -> list[dict]:
+        config = tiny_rl_config(
+            tiny_model_dir,
+            tiny_dataset_dir,
+            tmp_path / f"refill{refill_rounds}",
+            "data.tasks=[gender,pitch]",
+            "run.steps=3",
+            "algorithm.dynamic_sampling=true",
+            f"algorithm.refill_rounds={refill_rounds}",
+            "rewards=[{name: trainer_test_flat_on_gender}]",
+        )
+        return RLTrainer(config).train()
+
+    def groups_trained(metrics: dict) -> float:
+        return metrics["groups_kept_fraction"] * metrics["prompts_generated"]
+
+    dropped = run(0)
+    assert [m["prompts_generated"] for m in dropped] == [2, 2, 2]
+    assert min(groups_trained(m) for m in dropped) < 2  # gender questions were dropped
+    refilled = run(16)
+    assert [groups_trained(m) for m in refilled] == pytest.approx([2, 2, 2])
+    assert sum(m["prompts_generated"] for m in refilled) > 6
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
