@@ -14,6 +14,7 @@ directly, which DDP's forward hooks would not see.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -132,7 +133,7 @@ class RLTrainer:
         # 1. Rollouts: n completions per prompt, scored by the rewards on the engine's side.
         # 2. Which groups to learn from (difficulty band, dynamic sampling). With
         #    `refill_rounds`, fresh prompts are rolled out until prompts_per_step groups are kept.
-        samples, rollouts, generated = [], [], 0
+        samples, generated, rollouts = [], [], []
         for refill in range(1 + acfg.refill_rounds):
             missing = cfg.rollout.prompts_per_step - len({r.group for r in rollouts})
             if missing == 0:
@@ -143,10 +144,10 @@ class RLTrainer:
             if refill == 0:
                 engine_metrics = round_metrics  # rewards as sampled, before any filtering
             samples += batch
-            generated += len(new)
+            generated += new
             rollouts += self.select_groups(new)
         selection_metrics = {
-            "groups_kept_fraction": len(rollouts) / generated,
+            "groups_kept_fraction": len(rollouts) / len(generated),
             "prompts_generated": len(samples),
         }
 
@@ -178,14 +179,14 @@ class RLTrainer:
             sync_bytes = self.sync_weights()
 
         self.global_step += 1
-        tokens = sum(len(r.completion_ids) for r in rollouts)
+        tokens = sum(len(r.completion_ids) for r in generated)
         total_seconds = sum(timer.seconds.values())
         metrics = {
             **engine_metrics,
             "time": {**engine_metrics.get("time", {}), **timer.seconds, "step": total_seconds},
             **selection_metrics,
             **update_metrics,
-            **rollout_metrics(rollouts),
+            **rollout_metrics(generated),  # what the policy does, before any group is dropped
             "tokens_per_second": tokens / max(timer.seconds.get("generation", 0.0), 1e-9),
             "sync_bytes": sync_bytes,
             "lr": self.scheduler.get_last_lr()[0],
@@ -240,12 +241,14 @@ class RLTrainer:
         batches = []
         for start in starts[self.accelerator.process_index :: self.accelerator.num_processes]:
             part = rollouts[start : start + size]
-            prompts = self.policy.processor([by_id[r.prompt_id] for r in part])
+            distinct = list(dict.fromkeys(r.prompt_id for r in part))  # a group's clip, once
+            prompts = self.policy.processor([by_id[p] for p in distinct])
             sequences = self.policy.sequence_batch(
                 [r.prompt_ids for r in part],
                 [r.completion_ids for r in part],
                 prompts.get("input_features"),
                 prompts.get("feature_lens"),
+                self.clip_index(part, distinct),
             )
             width = sequences.completion_ids.shape[1]
             loss_mask = torch.zeros(len(part), width)
@@ -272,6 +275,15 @@ class RLTrainer:
                 if self.critic is not None:
                     mb.values = self.critic.values(mb.sequences)
         return batches
+
+    def clip_index(self, rows: list[Rollout], distinct: list[str]) -> torch.Tensor:
+        """For each `<audio_start>` of ``rows``, its clip among those of the ``distinct`` prompts
+        (processed once each, in that order)."""
+        audio_start = self.policy.processor.special_ids.audio_start
+        clips = {r.prompt_id: r.prompt_ids.count(audio_start) for r in rows}
+        first = dict(zip(distinct, itertools.accumulate((clips[p] for p in distinct), initial=0)))
+        index = [first[r.prompt_id] + k for r in rows for k in range(clips[r.prompt_id])]
+        return torch.tensor(index, dtype=torch.long)
 
     def sequence_kl_penalty(self, micro_batches: list[MicroBatch], num_rows: int) -> torch.Tensor:
         """``beta × Σ_t KL`` per rollout when the KL goes into the reward (GRPO family), else 0."""

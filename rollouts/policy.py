@@ -34,6 +34,7 @@ class SequenceBatch:
     completion_mask: torch.Tensor  # [B, C]
     input_features: torch.Tensor | None  # [N_clips, 128, T]
     feature_lens: torch.Tensor | None  # [N_clips]
+    clip_index: torch.Tensor | None = None  # [N_starts]: clip of each <audio_start>; None: in order
 
     def to(self, device: torch.device | str) -> SequenceBatch:
         moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in vars(self).items()}
@@ -79,8 +80,10 @@ class Policy:
         completion_ids: Sequence[Sequence[int]],
         input_features: torch.Tensor | None,
         feature_lens: torch.Tensor | None,
+        clip_index: torch.Tensor | None = None,
     ) -> SequenceBatch:
-        """Right-pad prompt + completion pairs; audio features are those of the prompts, in order."""
+        """Right-pad prompt + completion pairs; audio features are those of the prompts, in order,
+        or each distinct clip once with ``clip_index`` naming the clip of every `<audio_start>`."""
         pad_id = self.processor.tokenizer.pad_token_id
         lengths = [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids)]
         max_len, max_completion = max(lengths), max(max(len(c) for c in completion_ids), 1)
@@ -104,12 +107,15 @@ class Policy:
             completion_mask,
             input_features,
             feature_lens,
+            clip_index,
         ).to(self.device)
 
     def hidden_states(self, batch: SequenceBatch) -> torch.Tensor:
         """Last decoder hidden states ``[B, L, H]`` (audio embedded, LoRA applied if present)."""
         base = self.base
-        embeds = base.embed_inputs(batch.input_ids, batch.input_features, batch.feature_lens)
+        embeds = base.embed_inputs(
+            batch.input_ids, batch.input_features, batch.feature_lens, batch.clip_index
+        )
         out = base.model(inputs_embeds=embeds, attention_mask=batch.attention_mask, use_cache=False)
         return out.last_hidden_state
 

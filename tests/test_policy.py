@@ -91,3 +91,16 @@ def test_policy_logprobs_match_the_model_forward(tiny_model_dir):
             logps[b, : len(completion)], torch.stack(expected), atol=1e-5, rtol=1e-5
         )
         assert torch.all(logps[b, len(completion) :] == 0)
+
+    # the same rows with each clip encoded once and shared through clip_index, rows reordered
+    order = [1, 0, 1]
+    shared = policy.sequence_batch(
+        [prompt_ids[i] for i in order],
+        [completions[i] for i in order],
+        prompts["input_features"],
+        prompts["feature_lens"],
+        clip_index=torch.tensor(order),
+    )
+    shared_logps, _ = policy.logprobs(shared, chunk_size=2)
+    for row, i in enumerate(order):
+        torch.testing.assert_close(shared_logps[row], logps[i, : shared_logps.shape[1]])

@@ -4,13 +4,16 @@ Each clip is one sentence from ``grammar`` spoken with three controlled, well-se
 paralinguistic levels:
 
 * gender: a male or a female espeak-ng voice variant (``en-us+m1`` ... ``en-us+f4``);
-* pitch: low or high *within that voice* (espeak pitch 10–25 vs 75–90 of 0–100: the voice's f0
-  rises 1.6–2×, so a male voice's high pitch may still lie below a female voice's low one);
+* pitch: low or high *within that voice* (espeak pitch 0–5 vs 90–99 of 0–100: the voice's f0
+  rises 2.1–2.4×). With these ranges and voices every high clip lies above every low one (male high
+  ≥ 157 Hz, female low ≤ 154 Hz, measured), so f0 alone answers the pitch question; narrower
+  ranges put a male voice's high pitch on a female voice's low one, and pitch became a function
+  of gender and f0 together that the tiny model never learnt;
 * speed: slow, normal or fast (100–120, 160–180, 240–270 words per minute).
 
-A clip yields chat rows for ``tasks_per_clip`` of the five tasks (training: 1 by default, so the
-dataset stays small and every row has a new clip; held-out: all 5, so every question is scored on
-every clip): ``transcribe``, ``gender``, ``pitch``, ``speed``, and ``spoken`` — a question about
+A clip yields chat rows for ``tasks_per_clip`` of the five tasks (by default all five, in training
+too: with one task per clip the tiny SFT model stayed at chance on gender and pitch, measured;
+fewer rows per clip keep the dataset smaller): ``transcribe``, ``gender``, ``pitch``, ``speed``, and ``spoken`` — a question about
 one dimension to be answered aloud, whose target carries the codes (``codec.KMeansCodec``, fitted
 on the training clips) of espeak speech of the reply in a fixed assistant voice. Tasks are
 balanced over each split and levels within each task; the exact espeak pitch and rate inside a
@@ -47,8 +50,8 @@ from rlhf.data import grammar
 
 SAMPLE_RATE = 16_000
 LANGUAGE = "en-us"
-VOICES = {"male": ("m1", "m2", "m3", "m6"), "female": ("f1", "f2", "f3", "f4")}
-PITCH = {"low": (10, 25), "high": (75, 90)}  # espeak pitch 0-100, relative to the voice
+VOICES = {"male": ("m2", "m3", "m5", "m6"), "female": ("f1", "f2", "f3", "f4")}
+PITCH = {"low": (0, 5), "high": (90, 99)}  # espeak pitch 0-100, relative to the voice
 SPEED = {"slow": (100, 120), "normal": (160, 180), "fast": (240, 270)}  # words per minute
 ASSISTANT = {"voice": f"{LANGUAGE}+f5", "pitch": 50, "rate": 170}  # speaks the spoken replies
 CODEC_FIT_CLIPS = 400  # training clips the codec is fitted on (about 30 000 frames of 40 ms)
@@ -348,7 +351,7 @@ def build(
     num_clips: int = 1200,
     test_clips: int = 300,
     seed: int = 0,
-    tasks_per_clip: int = 1,
+    tasks_per_clip: int = len(grammar.TASKS),
     test_tasks_per_clip: int = len(grammar.TASKS),
     codebook_size: int = 64,
     workers: int = 1,
@@ -486,8 +489,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tasks-per-clip",
         type=int,
-        default=1,
-        help="training rows per clip, rotating through the five tasks (default 1)",
+        default=len(grammar.TASKS),
+        help="training rows per clip, rotating through the five tasks (default 5: all of them)",
     )
     parser.add_argument(
         "--test-tasks-per-clip",

@@ -224,13 +224,20 @@ class StepAudio2ForCausalLM(StepAudio2PreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor,
         input_features: torch.Tensor | None = None,
         feature_lens: torch.Tensor | None = None,
+        clip_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Token embeddings [B, L, hidden] with clip n written over the `<audio_patch>` run that
-        follows the n-th `<audio_start>` (row-major). Raises ValueError when counts disagree."""
+        follows the n-th `<audio_start>` (row-major). Raises ValueError when counts disagree.
+
+        ``clip_index`` [N_starts]: the n-th `<audio_start>` takes clip ``clip_index[n]``, so rows
+        that share a clip (the samples of one prompt) have it encoded once.
+        """
         embeds = self.model.embed_tokens(input_ids)
         if input_features is None:
             return embeds
         audio, tokens = self.get_audio_features(input_features, feature_lens)
+        if clip_index is not None:
+            audio, tokens = audio[clip_index], tokens[clip_index]
         patches = self._audio_patch_mask(input_ids, tokens)
         valid = _valid(tokens, audio.shape[1])
         return embeds.masked_scatter(patches[..., None], audio[valid])
