@@ -32,7 +32,7 @@ RECIPE = Path(__file__).parents[1] / "recipes" / "tiny_reward_model.yaml"
 def workdir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("reward_model")
     make_tiny(root / "tiny", [corpus()], num_audio_codes=32)
-    build(root / "data", num_clips=10, test_clips=2, codebook_size=16, workers=1)
+    build(root / "data", num_clips=10, test_clips=2, tasks_per_clip=1, codebook_size=16, workers=1)
     return root
 
 
