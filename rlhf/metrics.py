@@ -46,6 +46,15 @@ class MetricsLogger:
             self._trackio = trackio
             trackio.init(project=Path(run_dir).name, config=config or {})
 
+    def truncate_after(self, step: int) -> None:
+        """Forget logged steps after ``step``: a run started afresh (0) replaces an earlier run's
+        log in its folder; a resumed run replaces the steps it is about to redo."""
+        if not self.path.exists():
+            return
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         flat = flatten(metrics)
         with self.path.open("a") as f:

@@ -142,9 +142,8 @@ class SFTTrainer:
         )
         self.logger = None
         if self.is_main:
-            # a fresh run (SFT does not resume): no stale metrics from an earlier one here
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
             self.logger = MetricsLogger(self.run_dir, config.run.report_to)
+            self.logger.truncate_after(0)  # a fresh run (SFT does not resume)
         self.global_step = 0
 
     @property

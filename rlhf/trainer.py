@@ -475,6 +475,7 @@ class RLTrainer:
         if self.accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
+            self.logger.truncate_after(self.global_step)
         history = []
         columns = (
             TextColumn("[bold]RL[/] step {task.completed}/{task.total}"),

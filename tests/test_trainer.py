@@ -10,6 +10,7 @@ import torch
 
 from rewards import completion_fields, reward
 from rlhf.config import RLConfig, load_config
+from rlhf.metrics import MetricsLogger, read_metrics
 from rlhf.trainer import RLTrainer
 
 
@@ -70,6 +71,13 @@ def test_grpo_steps_log_metrics_and_change_weights(tiny_model_dir, tiny_dataset_
 
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2]
+    # a run started afresh in the same folder replaces the log; one resumed redoes lost steps
+    RLTrainer(config).train()
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2]
+    logger = MetricsLogger(tmp_path / "run")
+    logger.truncate_after(1)
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1]
     assert (tmp_path / "run" / "config.yaml").exists()
     assert (tmp_path / "run" / "step-000002" / "trainer_state.pt").exists()
     assert (tmp_path / "run" / "final" / "config.json").exists()
