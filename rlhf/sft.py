@@ -37,9 +37,9 @@ from rlhf.config import DataConfig, SFTConfig, load_config, save_config
 from rlhf.data.loading import load_prompt_dataset, row_to_sample
 from rlhf.data.stream import PromptStream
 from rlhf.metrics import MetricsLogger
-from rlhf.training import optimizer_step, prepare_model, save_pretrained
+from rlhf.training import load_policy, optimizer_step, save_pretrained
 from rollouts.chat import IGNORE_INDEX, AssistantTarget
-from rollouts.policy import Policy, SequenceBatch
+from rollouts.policy import SequenceBatch
 from rollouts.types import PromptSample
 
 
@@ -114,10 +114,8 @@ class SFTTrainer:
         set_seed(config.run.seed)
 
         self.examples = load_examples(config.data)
-        self.policy = Policy.from_pretrained(
-            config.model.path, dtype=config.model.dtype, device=str(self.accelerator.device)
-        )
-        self.model = self.policy.model = prepare_model(self.policy.model, config.model)
+        self.policy = load_policy(config.model, self.accelerator.device)
+        self.model = self.policy.model
         # One step: a micro-batch on every process; their gradients are summed (see step).
         self.batch_size = config.optim.micro_batch_size * self.accelerator.num_processes
         self.steps = config.run.steps

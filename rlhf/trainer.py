@@ -30,11 +30,11 @@ from rewards import RewardRunner, RewardSpec
 from rlhf.algorithms import final_token_rewards, gae, group_advantages, kl_penalty, policy_loss
 from rlhf.algorithms.filtering import difficulty_filter, dynamic_sampling_mask, pass_rate
 from rlhf.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
-from rlhf.config import ModelConfig, RLConfig, save_config
+from rlhf.config import RLConfig, save_config
 from rlhf.data.loading import load_prompt_dataset, row_to_sample
 from rlhf.data.stream import PromptStream
 from rlhf.metrics import MetricsLogger, Timer
-from rlhf.training import optimizer_step, prepare_model, save_pretrained
+from rlhf.training import load_policy, optimizer_step, save_pretrained
 from rollouts.engine import LocalEngine, sample_seed
 from rollouts.policy import Policy, SequenceBatch
 from rollouts.types import PromptSample, Rollout, SamplingParams
@@ -58,13 +58,6 @@ class MicroBatch:
     values: torch.Tensor | None = None  # [b, C], PPO
     returns: torch.Tensor | None = None  # [b, C], PPO
     advantages: torch.Tensor | None = None
-
-
-def load_policy(config: ModelConfig, device: torch.device) -> Policy:
-    """Load the SFT checkpoint, ready to train (frozen encoder, LoRA when asked)."""
-    policy = Policy.from_pretrained(config.path, dtype=config.dtype, device=str(device))
-    policy.model = prepare_model(policy.model, config)
-    return policy
 
 
 def reward_specs(entries: list[dict[str, Any]]) -> list[RewardSpec]:
@@ -280,7 +273,8 @@ class RLTrainer:
         """For each `<audio_start>` of ``rows``, its clip among those of the ``distinct`` prompts
         (processed once each, in that order)."""
         audio_start = self.policy.processor.special_ids.audio_start
-        clips = {r.prompt_id: r.prompt_ids.count(audio_start) for r in rows}
+        prompt_ids = {r.prompt_id: r.prompt_ids for r in rows}
+        clips = {p: prompt_ids[p].count(audio_start) for p in distinct}
         first = dict(zip(distinct, itertools.accumulate((clips[p] for p in distinct), initial=0)))
         index = [first[r.prompt_id] + k for r in rows for k in range(clips[r.prompt_id])]
         return torch.tensor(index, dtype=torch.long)

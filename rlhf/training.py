@@ -15,6 +15,7 @@ from accelerate import Accelerator
 
 from rlhf.checkpoint import write_atomic
 from rlhf.config import ModelConfig
+from rollouts.policy import Policy
 
 
 def prepare_model(
@@ -37,6 +38,13 @@ def prepare_model(
         modules_to_save=modules_to_save,
     )
     return get_peft_model(model, lora)
+
+
+def load_policy(config: ModelConfig, device: torch.device | str) -> Policy:
+    """The checkpoint at ``config.path`` as a policy, ready to train (``prepare_model``)."""
+    policy = Policy.from_pretrained(config.path, dtype=config.dtype, device=str(device))
+    policy.model = prepare_model(policy.model, config)
+    return policy
 
 
 def optimizer_step(
