@@ -29,7 +29,13 @@ from transformers import get_scheduler
 from rewards import RewardRunner, RewardSpec
 from rlhf.algorithms import final_token_rewards, gae, group_advantages, kl_penalty, policy_loss
 from rlhf.algorithms.filtering import difficulty_filter, dynamic_sampling_mask, pass_rate
-from rlhf.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from rlhf.checkpoint import (
+    TRAINER_STATE,
+    find_checkpoint,
+    load_trainer_state,
+    run_identity,
+    save_checkpoint,
+)
 from rlhf.config import RLConfig, save_config
 from rlhf.data.loading import load_prompt_dataset, row_to_sample
 from rlhf.data.stream import PromptStream
@@ -506,23 +512,33 @@ class RLTrainer:
             "critic": self.critic.state_dict() if self.critic is not None else None,
         }
 
-    def save(self) -> Path | None:
-        if not self.accelerator.is_main_process:
-            return None
+    def save(self) -> Path:
+        """This step's checkpoint; every process takes part."""
+
+        def write(folder: Path) -> None:
+            if self.accelerator.is_main_process:
+                self.model.save_pretrained(folder)
+                self.policy.processor.save_pretrained(folder)
+                state = {**self.trainer_state(), "step": self.global_step}
+                torch.save(state, folder / TRAINER_STATE)
+
         return save_checkpoint(
             self.run_dir,
             self.global_step,
-            model=self.model,
-            processor=self.policy.processor,
-            trainer_state=self.trainer_state(),
+            write,
+            identity=self.identity(),
             keep_last=self.config.run.keep_last,
+            accelerator=self.accelerator,
         )
+
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint of this run must match to be resumed by it."""
+        return run_identity(self.config, self.prompts.num_rows)
 
     def resume(self, checkpoint: Path | None = None) -> None:
         """Restore weights, optimizer, scheduler, data position, step and RNG from a checkpoint."""
-        checkpoint = checkpoint or latest_checkpoint(self.run_dir)
-        if checkpoint is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir}")
+        # verified: intact, of this run (else the newest intact one, or an error)
+        checkpoint = find_checkpoint(self.run_dir, self.identity(), checkpoint)
         from safetensors.torch import load_file
 
         if self.lora:
@@ -536,7 +552,7 @@ class RLTrainer:
             for shard in sorted(checkpoint.glob("*.safetensors")):
                 state.update(load_file(shard))
             self.model.load_state_dict(state, strict=False)
-        state = load_trainer_state(checkpoint)
+        state = load_trainer_state(checkpoint, self.accelerator.process_index)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.prompts.load_state_dict(state["prompts"])
