@@ -4,6 +4,7 @@ Everything the model sees of a sound passes through here, so this module matches
 Step-Audio 2 inference code exactly (see STEP_AUDIO2.md, "Audio front end"):
 
 * ``load_audio`` decodes files, bytes or arrays to 16 kHz mono float32 (soundfile + soxr);
+* ``MIN_CLIP_SAMPLES`` and ``MAX_CLIP_SECONDS`` bound the clips a dataset row may hold;
 * ``split_clip`` cuts long audio into 25 s pieces, each encoded as its own clip;
 * ``log_mel`` is Whisper's 128-bin log-mel with a 479-sample right pad and *no* 30 s padding;
 * ``num_audio_tokens`` is how many ``<audio_patch>`` tokens a clip of T frames occupies;
@@ -29,6 +30,33 @@ N_FFT = 400
 HOP_LENGTH = 160
 RIGHT_PAD = 479  # samples appended before the STFT, as in StepFun's log_mel_spectrogram
 
+MIN_CLIP_SAMPLES = 5 * HOP_LENGTH - RIGHT_PAD
+"""The shortest clip the model can hear: 321 samples (20 ms at 16 kHz).
+
+A clip of n samples gives T = (n + 479) // 160 mel frames; the encoder keeps T - 2 of them and
+halves that twice (conv2 stride 2, average pool 2), then the adaptor (stride 2) makes the
+``<audio_patch>`` tokens. Five frames are the fewest that leave one token (``num_audio_tokens``);
+anything shorter reaches the model as an empty ``<audio_start><audio_end>``.
+"""
+
+MAX_CLIP_SECONDS = 30.0
+"""Default longest clip a dataset row may hold, in seconds.
+
+Not a limit of the model: longer clips are cut into 25 s pieces (``split_clip``), each encoded as
+its own 30 s-window clip, so the real bound is the decoder's context at 12.5 audio tokens per
+second (313 per 25 s piece). It is a guard against data mistakes: a stray 10-minute recording
+costs 7 500 prompt tokens and slows every step it lands in roughly tenfold. 30 s is one encoder
+window, the length of most speech-understanding clips; raise it knowingly for long-form audio.
+"""
+
+MAX_FLOAT_PEAK = 4.0
+"""Largest absolute float sample accepted (12 dB over full scale).
+
+Float waveforms live in [-1, 1]; resampling or mixing can overshoot a little. Far larger values
+are integer PCM saved as floats, which the log-mel would shift far from anything the encoder was
+trained on, so they are refused rather than scaled by guesswork.
+"""
+
 
 class AudioError(ValueError):
     """Audio that cannot be used; the message names the file, or the caller's ``name``."""
@@ -45,11 +73,12 @@ def load_audio(
     ``source`` is a path, encoded bytes (any format libsndfile reads: wav, flac, ogg, mp3, ...)
     or an array of samples. Encoded audio carries its own rate, so ``sample_rate`` is only for
     arrays (default 16 kHz). Arrays are ``(frames,)`` or ``(frames, channels)`` as soundfile
-    returns them; integer PCM is scaled to [-1, 1]. Channels are averaged, other rates are
-    resampled with soxr.
+    returns them; integer arrays are PCM, scaled to [-1, 1] as ``_array_to_float`` says.
+    Channels are averaged, other rates are resampled with soxr.
 
     Raises ``AudioError`` naming the file (or ``name``, e.g. ``"row 17"``) for a missing, empty,
-    corrupt or zero-length source and for non-finite samples.
+    corrupt or zero-length source, for non-finite samples and for float samples beyond
+    ``MAX_FLOAT_PEAK``.
     """
     if isinstance(source, np.ndarray):
         label = name or "audio array"
@@ -81,6 +110,13 @@ def load_audio(
         raise AudioError(f"{label}: audio has no samples")
     if not np.isfinite(samples).all():
         raise AudioError(f"{label}: audio contains NaN or infinite samples")
+    peak = float(np.abs(samples).max())
+    if peak > MAX_FLOAT_PEAK:
+        raise AudioError(
+            f"{label}: float samples reach {peak:g}, far outside [-1, 1]; this looks like "
+            "integer PCM stored as floats: store the integers themselves, or divide by 32768 "
+            "(16-bit) first"
+        )
     if rate != SAMPLE_RATE:
         samples = soxr.resample(samples, int(rate), SAMPLE_RATE)
     return np.ascontiguousarray(samples, dtype=np.float32)
@@ -96,7 +132,14 @@ def _decode(file: str | io.BytesIO, label: str) -> tuple[np.ndarray, int]:
 
 
 def _array_to_float(array: np.ndarray, label: str) -> np.ndarray:
-    """Samples as float32, integer PCM scaled to [-1, 1], shape ``(frames[, channels])``."""
+    """Samples as float32, integer PCM scaled to [-1, 1], shape ``(frames[, channels])``.
+
+    Integer dtypes are PCM at their full scale: int16 / 32768, int32 / 2**31, and unsigned ones
+    offset binary (uint8: (x - 128) / 128, as 8-bit WAV). 64-bit integers are never PCM as
+    stored: they are narrower PCM that JSON or Arrow widened (``datasets`` returns an int16
+    column as Python ints), so they are read at the narrowest width that holds them
+    (``_narrow_widened_pcm``).
+    """
     if array.ndim not in (1, 2):
         raise AudioError(f"{label}: expected (frames,) or (frames, channels), got {array.shape}")
     if array.ndim == 2 and array.shape[1] > array.shape[0]:
@@ -105,12 +148,36 @@ def _array_to_float(array: np.ndarray, label: str) -> np.ndarray:
         )
     if np.issubdtype(array.dtype, np.floating):
         return array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.integer) and array.dtype.itemsize == 8:
+        array = _narrow_widened_pcm(array, label)
     if np.issubdtype(array.dtype, np.signedinteger):
         return (array / -float(np.iinfo(array.dtype).min)).astype(np.float32)
     if np.issubdtype(array.dtype, np.unsignedinteger):  # offset binary, e.g. 8-bit WAV
         half = float(np.iinfo(array.dtype).max // 2 + 1)
         return ((array - half) / half).astype(np.float32)
     raise AudioError(f"{label}: unsupported sample dtype {array.dtype}")
+
+
+def _narrow_widened_pcm(array: np.ndarray, label: str) -> np.ndarray:
+    """64-bit integer samples as the 16- or 32-bit PCM they were before being widened.
+
+    Values within int16 are 16-bit PCM (the common case), within int32 32-bit PCM; a 32-bit
+    recording quieter than -96 dBFS would be misread as 16-bit, an accepted ambiguity. Samples
+    that are never negative cannot be signed PCM: most likely unsigned 8-bit widened to ints,
+    which cannot be told from quiet 16-bit audio, so it is refused rather than guessed.
+    """
+    if array.size == 0:
+        return array.astype(np.int16)
+    low, high = int(array.min()), int(array.max())
+    if low >= 0 and high > 0:
+        raise AudioError(
+            f"{label}: integer samples are never negative (0 to {high}), so they are not signed "
+            "PCM; store unsigned 8-bit audio as floats in [-1, 1] or as an encoded file"
+        )
+    for dtype in (np.int16, np.int32):
+        if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
+            return array.astype(dtype)
+    raise AudioError(f"{label}: integer samples from {low} to {high} exceed 32-bit PCM")
 
 
 def split_clip(wav: np.ndarray) -> list[np.ndarray]:

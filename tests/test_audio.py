@@ -86,6 +86,25 @@ def test_integer_pcm_is_scaled():
     np.testing.assert_allclose(load_audio(np.array([0, 128, 192], dtype=np.uint8)), [-1, 0, 0.5])
 
 
+def test_widened_integers_are_read_at_the_narrowest_pcm_width():
+    # JSON and datasets hand integer PCM back as 64-bit ints: the width comes from the values.
+    np.testing.assert_allclose(load_audio(np.array([-32768, 0, 16384])), [-1.0, 0.0, 0.5])
+    np.testing.assert_allclose(load_audio(np.array([-(2**31), 2**30])), [-1.0, 0.5])
+    np.testing.assert_array_equal(load_audio(np.zeros(4, np.int64)), np.zeros(4))
+    with pytest.raises(AudioError, match=r"row 2: .*never negative"):
+        load_audio(np.array([128, 255, 0, 128]), name="row 2")  # unsigned 8-bit, widened
+    with pytest.raises(AudioError, match=r"row 2: .*exceed 32-bit PCM"):
+        load_audio(np.array([0, -(2**40)]), name="row 2")
+
+
+def test_floats_far_outside_full_scale_are_refused(tmp_path):
+    path = tmp_path / "unscaled.wav"
+    sf.write(path, sine(200.0, 0.1, amp=20_000.0), SAMPLE_RATE, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"unscaled\.wav: float samples reach 20000"):
+        load_audio(path)
+    assert load_audio(sine(200.0, 0.1, amp=1.5)).max() == pytest.approx(1.5, abs=1e-3)
+
+
 def test_array_is_copied_not_aliased():
     wav = np.zeros(10, np.float32)
     load_audio(wav)[0] = 1.0

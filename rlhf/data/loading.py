@@ -18,7 +18,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from rollouts.audio import load_audio
+from rollouts.audio import MAX_CLIP_SECONDS, MIN_CLIP_SAMPLES, SAMPLE_RATE, AudioError, load_audio
 from rollouts.types import PromptSample
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -63,7 +63,12 @@ def load_prompt_dataset(path: str | os.PathLike, split: str = "train") -> datase
 
 
 def row_to_sample(
-    row: dict[str, Any], index: int, source: str = "dataset", *, think: bool = True
+    row: dict[str, Any],
+    index: int,
+    source: str = "dataset",
+    *,
+    think: bool = True,
+    max_audio_s: float | None = MAX_CLIP_SECONDS,
 ) -> PromptSample:
     """One dataset row as a ``PromptSample``.
 
@@ -72,6 +77,9 @@ def row_to_sample(
     ``audio``: one clip, or a list with one clip per part), or else a ``prompt`` and an ``audio``
     column, which become one user turn ``[audio, prompt]``. ``think`` comes from the recipe;
     ``spoken`` from the row's ``spoken`` column when it has one.
+
+    Every clip must match an audio part and last from ``MIN_CLIP_SAMPLES`` to ``max_audio_s``
+    seconds (None: no maximum); anything else raises ``AudioError`` naming the row.
     """
     where = f"{source} row {index}"
     if row.get("id") is not None:
@@ -94,17 +102,19 @@ def row_to_sample(
         if isinstance(message["content"], list)
         for part in message["content"]
     )
-    audio: list[np.ndarray] = []
     if wanted:
         _require(row, "audio", where)
-        clips = row["audio"] if _is_clip_list(row["audio"]) else [row["audio"]]
-        if len(clips) != wanted:
-            raise ValueError(
-                f"{where}: {wanted} audio part(s) in messages but {len(clips)} clip(s)"
-            )
-        root = _audio_root(source)
-        for k, clip in enumerate(clips):
-            audio.append(_load_clip(clip, root, where if wanted == 1 else f"{where} audio {k}"))
+    clips = _clips(row.get("audio"))
+    if len(clips) != wanted:
+        raise AudioError(
+            f"{where} column 'audio': {wanted} audio part(s) in the messages but "
+            f"{len(clips)} clip(s); each {{'type': 'audio'}} part takes one clip, in order"
+        )
+    root = _audio_root(source)
+    audio = []
+    for k, clip in enumerate(clips):
+        label = f"{where} column 'audio'" + (f" clip {k}" if wanted > 1 else "")
+        audio.append(_check_duration(_load_clip(clip, root, label), label, max_audio_s))
 
     return PromptSample(
         id=str(row["id"]) if row.get("id") is not None else f"{source}:{index}",
@@ -143,6 +153,17 @@ def _part(part: dict[str, Any], where: str) -> dict[str, Any]:
     raise ValueError(f"{where}: message part must be of type 'text' or 'audio', got {part!r}")
 
 
+def _clips(value: Any) -> list[Any]:
+    """The clips of a row's ``audio`` value: none (null or an empty list), one, or a list."""
+    if value is None:
+        return []
+    if _is_clip_list(value):
+        return list(value)
+    if isinstance(value, (list, tuple)) and not value:
+        return []
+    return [value]
+
+
 def _is_clip_list(value: Any) -> bool:
     """A list of clips (one per audio part), as opposed to one clip's samples."""
     clip_types = (bytes, bytearray, str, os.PathLike, dict, list, np.ndarray)
@@ -162,22 +183,59 @@ def _audio_root(source: str) -> Path:
 
 
 def _load_clip(clip: Any, root: Path, where: str) -> np.ndarray:
-    """Decode one clip in any of the forms a dataset stores audio in."""
+    """Decode one clip in any of the forms a dataset stores audio in.
+
+    Samples need their rate: a ``{"array", "sampling_rate"}`` dict. A bare array (or list) of
+    samples is refused, as is a dict without a rate, rather than assumed to be 16 kHz.
+    """
     if isinstance(clip, dict):
         if clip.get("bytes"):
             return load_audio(clip["bytes"], name=where)
+        if clip.get("array") is not None:  # before 'path': decoded Hub audio keeps a stale path
+            rate = _sampling_rate(clip.get("sampling_rate"), where)
+            return load_audio(np.asarray(clip["array"]), rate, name=where)
         if clip.get("path"):
             return load_audio(root / clip["path"], name=where)
-        if clip.get("array") is not None:
-            array = np.asarray(clip["array"])
-            return load_audio(array, clip.get("sampling_rate"), name=where)
         raise ValueError(f"{where}: audio dict has no 'bytes', 'path' or 'array': {sorted(clip)}")
     if isinstance(clip, (bytes, bytearray)):
         return load_audio(bytes(clip), name=where)
     if isinstance(clip, (str, os.PathLike)):
         return load_audio(root / clip, name=where)
-    if isinstance(clip, (np.ndarray, list)):
-        return load_audio(np.asarray(clip, dtype=np.float32), name=where)
+    if isinstance(clip, (np.ndarray, list, tuple)):
+        raise AudioError(
+            f"{where}: an array of samples without a sampling rate; store it as "
+            "{'array': samples, 'sampling_rate': rate}"
+        )
     if clip is None:
-        raise ValueError(f"{where}: the audio is missing (null)")
+        raise AudioError(f"{where}: the audio is missing (null)")
     raise TypeError(f"{where}: cannot read audio from {type(clip).__name__}")
+
+
+def _sampling_rate(rate: Any, where: str) -> int:
+    """The rate of an array clip: a positive whole number of Hz (JSON may give 16000.0)."""
+    if rate is None:
+        raise AudioError(
+            f"{where}: audio array without a 'sampling_rate'; give the rate it was recorded at"
+        )
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.number)):
+        raise AudioError(f"{where}: invalid sampling_rate {rate!r}")
+    if not float(rate).is_integer() or rate <= 0:
+        raise AudioError(f"{where}: invalid sampling_rate {rate!r}")
+    return int(rate)
+
+
+def _check_duration(wav: np.ndarray, where: str, max_seconds: float | None) -> np.ndarray:
+    """``wav`` (16 kHz) if its length is one the model can take and the recipe allows."""
+    if len(wav) < MIN_CLIP_SAMPLES:
+        raise AudioError(
+            f"{where}: clip of {len(wav)} sample(s) at 16 kHz is shorter than "
+            f"{MIN_CLIP_SAMPLES} samples ({1000 * MIN_CLIP_SAMPLES / SAMPLE_RATE:.0f} ms), the "
+            "shortest the audio encoder turns into a token"
+        )
+    seconds = len(wav) / SAMPLE_RATE
+    if max_seconds is not None and seconds > max_seconds:
+        raise AudioError(
+            f"{where}: clip of {seconds:.1f} s is longer than data.max_audio_s={max_seconds:g} s; "
+            "raise it for long-form audio (each 25 s adds 313 prompt tokens) or cut the clip"
+        )
+    return wav
