@@ -79,7 +79,7 @@ def evaluate(
             rollouts += engine.generate(chunk, 1, greedy)
             bar.update(task, advance=len(chunk))
 
-    results = score(samples, rollouts, policy.processor.special_ids.num_audio_codes)
+    results = score(samples, rollouts, policy.adapter.audio_pad_code)
     results["seconds"] = time.perf_counter() - started
     return results
 

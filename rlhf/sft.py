@@ -2,7 +2,7 @@
 
 The warm start that RL begins from (Step-Audio 2 runs its RL stages after a cold-start SFT). Each
 dataset row is a prompt (``row_to_sample``) plus the answer the assistant should write
-(``target_think`` / ``target_answer`` / ``target_audio_codes``). ``processor.sft_batch`` renders
+(``target_think`` / ``target_answer`` / ``target_audio_codes``). ``Policy.sft_batch`` renders
 both and labels only the assistant's own tokens: reasoning, answer text and the audio codes of a
 TA4 answer as ``train_on`` says, never the prompt, padding or tool outputs.
 
@@ -154,7 +154,7 @@ class SFTTrainer:
         examples = self.stream.next(self.batch_size)
         mine = examples[self.accelerator.process_index :: self.accelerator.num_processes]
         self.model.train()
-        batch = self.policy.processor.sft_batch(
+        batch = self.policy.sft_batch(
             [e.sample for e in mine], [e.target for e in mine], self.config.train_on
         )
         sequences = sequence_batch(batch).to(self.accelerator.device)

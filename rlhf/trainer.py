@@ -14,7 +14,6 @@ directly, which DDP's forward hooks would not see.
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -240,15 +239,8 @@ class RLTrainer:
         batches = []
         for start in starts[self.accelerator.process_index :: self.accelerator.num_processes]:
             part = rollouts[start : start + size]
-            distinct = list(dict.fromkeys(r.prompt_id for r in part))  # a group's clip, once
-            prompts = self.policy.processor([by_id[p] for p in distinct])
-            sequences = self.policy.sequence_batch(
-                [r.prompt_ids for r in part],
-                [r.completion_ids for r in part],
-                prompts.get("input_features"),
-                prompts.get("feature_lens"),
-                self.clip_index(part, distinct),
-            )
+            # a group's clip encoded once; raises if a rollout's prompt lost or gained a clip
+            sequences = self.policy.rollout_batch(by_id, part)
             width = sequences.completion_ids.shape[1]
             loss_mask = torch.zeros(len(part), width)
             behaviour = torch.zeros(len(part), width)
@@ -274,16 +266,6 @@ class RLTrainer:
                 if self.critic is not None:
                     mb.values = self.critic.values(mb.sequences)
         return batches
-
-    def clip_index(self, rows: list[Rollout], distinct: list[str]) -> torch.Tensor:
-        """For each `<audio_start>` of ``rows``, its clip among those of the ``distinct`` prompts
-        (processed once each, in that order)."""
-        audio_start = self.policy.processor.special_ids.audio_start
-        prompt_ids = {r.prompt_id: r.prompt_ids for r in rows}
-        clips = {p: prompt_ids[p].count(audio_start) for p in distinct}
-        first = dict(zip(distinct, itertools.accumulate((clips[p] for p in distinct), initial=0)))
-        index = [first[r.prompt_id] + k for r in rows for k in range(clips[r.prompt_id])]
-        return torch.tensor(index, dtype=torch.long)
 
     def sequence_kl_penalty(self, micro_batches: list[MicroBatch], num_rows: int) -> torch.Tensor:
         """``beta × Σ_t KL`` per rollout when the KL goes into the reward (GRPO family), else 0."""

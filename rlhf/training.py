@@ -15,6 +15,7 @@ from accelerate import Accelerator
 
 from rlhf.checkpoint import write_atomic
 from rlhf.config import ModelConfig
+from rollouts.adapters import adapter_for
 from rollouts.policy import Policy
 
 
@@ -23,7 +24,7 @@ def prepare_model(
 ) -> torch.nn.Module:
     """Freeze the audio encoder, enable gradient checkpointing and add LoRA, as configured."""
     if config.freeze_audio_encoder:
-        model.encoder.requires_grad_(False)
+        adapter_for(model.config).freeze_audio_encoder(model)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if not config.lora.enabled:
@@ -34,7 +35,8 @@ def prepare_model(
         r=config.lora.r,
         lora_alpha=config.lora.alpha,
         lora_dropout=config.lora.dropout,
-        target_modules=list(config.lora.target_modules),
+        # the model family's rule: Qwen2-Audio's encoder has q/k/v_proj too, and is left alone
+        target_modules=adapter_for(model.config).lora_target_modules(config.lora.target_modules),
         modules_to_save=modules_to_save,
     )
     return get_peft_model(model, lora)

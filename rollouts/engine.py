@@ -20,7 +20,7 @@ import torch
 from transformers import DynamicCache
 
 from rewards import RewardRunner
-from rollouts.chat import completion_loss_mask, parse_completion
+from rollouts.adapters.base import positions
 from rollouts.policy import Policy
 from rollouts.types import PromptSample, Rollout, SamplingParams
 
@@ -111,34 +111,29 @@ class LocalEngine:
     def _generate_chunk(
         self, samples: Sequence[PromptSample], first_group: int, n: int, sampling: SamplingParams
     ) -> list[Rollout]:
-        policy, base = self.policy, self.policy.base
-        special = policy.processor.special_ids
+        policy, base, adapter = self.policy, self.policy.base, self.policy.adapter
         inputs = policy.build_inputs(samples)
         attention_mask = inputs["attention_mask"]
-        embeds = base.embed_inputs(
-            inputs["input_ids"], inputs.get("input_features"), inputs.get("feature_lens")
-        )
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        position_ids = positions(attention_mask)
         cache = DynamicCache()
-        out = base(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
+        hidden = adapter.hidden_states(
+            base,
+            inputs["input_ids"],
+            attention_mask,
             position_ids=position_ids,
+            input_features=inputs.get("input_features"),
+            feature_lens=inputs.get("feature_lens"),
             cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
         )
         # share the prefilled prompt between its n samples
         cache.batch_repeat_interleave(n)
-        logits = out.logits[:, -1].float().repeat_interleave(n, dim=0)
+        logits = base.lm_head(hidden[:, -1]).float().repeat_interleave(n, dim=0)
         attention_mask = attention_mask.repeat_interleave(n, dim=0)
         next_position = position_ids[:, -1:].repeat_interleave(n, dim=0) + 1
 
         # tokens that only the processor may place: sampling them would corrupt the sequence
-        banned = torch.tensor(
-            [special.audio_start, special.audio_end, special.audio_patch, special.bot, special.pad],
-            device=logits.device,
-        )
+        banned = torch.tensor(adapter.banned_ids, dtype=torch.long, device=logits.device)
+        stop = adapter.stop_ids
         rows = len(samples) * n
         generators = [
             torch.Generator().manual_seed(sample_seed(sampling.seed, s.id, k))
@@ -169,7 +164,7 @@ class LocalEngine:
                 token = int(chosen[i])
                 tokens[row].append(token)
                 logprobs[row].append(float(chosen_logprobs[i]))
-                if token == special.eot:
+                if token in stop:
                     finish[row] = "stop"
                 else:
                     keep.append(i)
@@ -182,26 +177,21 @@ class LocalEngine:
                 chosen, seen = chosen[index], seen[index]
                 active = [active[i] for i in keep]
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], 1)
-            out = base(
-                input_ids=chosen[:, None].to(attention_mask.device),
-                attention_mask=attention_mask,
+            hidden = adapter.hidden_states(
+                base,
+                chosen[:, None].to(attention_mask.device),
+                attention_mask,
                 position_ids=next_position,
                 cache=cache,
-                use_cache=True,
             )
-            logits = out.logits[:, -1].float()
+            logits = base.lm_head(hidden[:, -1]).float()
             next_position = next_position + 1
 
         rollouts = []
         for row in range(rows):
             prompt_index, k = divmod(row, n)
             sample = samples[prompt_index]
-            parsed = parse_completion(
-                tokens[row],
-                policy.processor.tokenizer,
-                think_prefilled=sample.think,
-                spoken_prefilled=sample.spoken and not sample.think,
-            )
+            parsed = adapter.parse(tokens[row], sample)
             rollouts.append(
                 Rollout(
                     prompt_id=sample.id,
@@ -210,7 +200,7 @@ class LocalEngine:
                     prompt_ids=prompt_ids[prompt_index],
                     completion_ids=tokens[row],
                     logprobs=logprobs[row],
-                    loss_mask=completion_loss_mask(tokens[row], special, self.train_on),
+                    loss_mask=adapter.loss_mask(tokens[row], self.train_on),
                     text=parsed.text,
                     think=parsed.think,
                     answer=parsed.answer,
