@@ -1,7 +1,9 @@
 """A language model as judge, through any OpenAI-compatible ``/v1/chat/completions`` endpoint.
 
 The API key is read from the environment variable named in the recipe at each request; it is
-never stored on an object, logged, or put in an error message. Requests run concurrently (up to
+never stored on an object, logged, or put in an error message. Credentials written into the URL
+(``https://user:key@host/v1``) are sent as HTTP Basic auth, as curl does, and masked wherever the
+URL is shown. Requests run concurrently (up to
 ``max_concurrency``); a failed request is retried with exponential backoff; a request that still
 fails gives None for its sample. When every request of a batch fails the reward raises, so the
 runner counts and reports the failure instead of hiding it.
@@ -10,17 +12,21 @@ runner counts and reports the failure instead of hiding it.
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import json
 import logging
 import os
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rewards.redact import env_name_for_display, is_env_name, mask, redact
 from rewards.registry import reward
 from rewards.text import column, completion_fields, prompt_text
 from rewards.threads import run_in_daemon_thread
@@ -35,28 +41,69 @@ PARALINGUISTIC_TEMPLATE = (
     "Does the answer agree with the reference label? Reply with one number: 1 if it does, 0 if not."
 )
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 
 
 class JudgeError(RuntimeError):
     """A judge request that failed after all retries."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class JudgeClient:
-    """Blocking chat-completion requests with retries; ``url`` is the base (``.../v1``) or full URL."""
+    """Blocking chat-completion requests with retries; ``url`` is the base (``.../v1``) or full URL.
+
+    ``api_key_env`` names the environment variable holding the key (None: send none). A value that
+    cannot be a variable's name (a key pasted in its place), or a named variable that is not set,
+    is refused here rather than sending requests without the key; only the default,
+    ``OPENAI_API_KEY``, may be unset (a local server needs no key), with a warning.
+    """
 
     url: str
     model: str
-    api_key_env: str | None = "OPENAI_API_KEY"
+    api_key_env: str | None = DEFAULT_API_KEY_ENV
     timeout_s: float = 30.0
     retries: int = 2
     backoff_s: float = 0.5
     max_tokens: int = 16
 
+    def __post_init__(self) -> None:
+        name = self.api_key_env
+        if name is None or name in os.environ:
+            return
+        if not is_env_name(name):
+            raise ValueError(
+                f"judge at {redact(self.url)}: api_key_env must be the name of an environment "
+                f"variable holding the key, but {mask(name)} is no variable name (a key pasted "
+                "in its place?); export the key and give the variable's name"
+            )
+        if name != DEFAULT_API_KEY_ENV:
+            raise ValueError(
+                f"judge at {redact(self.url)}: api_key_env: no environment variable "
+                f"{env_name_for_display(name)} is set; export it, or set api_key_env: null for a "
+                "server that needs no key"
+            )
+        _warn_no_key(redact(self.url))
+
+    def __repr__(self) -> str:
+        return f"JudgeClient(url={redact(self.url)!r}, model={self.model!r})"
+
     @property
     def endpoint(self) -> str:
-        url = self.url.rstrip("/")
+        """The chat-completions URL, without the credentials the recipe's URL may carry."""
+        parts = urllib.parse.urlsplit(self.url.rstrip("/"))
+        url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
         return url if url.endswith("/chat/completions") else url + "/chat/completions"
+
+    def _authorization(self) -> str | None:
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        if key:
+            return f"Bearer {key}"
+        userinfo, at, _ = urllib.parse.urlsplit(self.url).netloc.rpartition("@")
+        if not at:
+            return None
+        user, _, password = userinfo.partition(":")
+        pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+        return "Basic " + base64.b64encode(pair.encode()).decode()
 
     def complete(self, prompt: str) -> str:
         """The judge's reply to one user message."""
@@ -69,9 +116,10 @@ class JudgeClient:
             }
         ).encode()
         headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
+        authorization = self._authorization()
+        if authorization:
+            headers["Authorization"] = authorization
+        shown = redact(self.endpoint)  # secret query parameters stay in the request only
         last = "no attempt"
         for attempt in range(max(0, self.retries) + 1):
             if attempt:
@@ -82,14 +130,24 @@ class JudgeClient:
                     reply = json.load(response)
                 return reply["choices"][0]["message"]["content"] or ""
             except urllib.error.HTTPError as e:
-                last = f"HTTP {e.code} from {self.endpoint}"
+                last = f"HTTP {e.code} from {shown}"
                 if e.code != 429 and e.code < 500:
                     break  # the request itself is wrong: retrying will not help
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                last = f"{type(e).__name__} from {self.endpoint}: {getattr(e, 'reason', e)}"
+                last = redact(f"{type(e).__name__} from {shown}: {getattr(e, 'reason', e)}")
             except (ValueError, KeyError, IndexError, TypeError):
-                last = f"malformed reply from {self.endpoint}"
+                last = f"malformed reply from {shown}"
         raise JudgeError(f"judge request failed after {attempt + 1} tries: {last}")
+
+
+@functools.cache
+def _warn_no_key(url: str) -> None:
+    logger.warning(
+        "judge at %s: %s is not set, so requests carry no API key; set api_key_env: null if the "
+        "server needs none",
+        url,
+        DEFAULT_API_KEY_ENV,
+    )
 
 
 def parse_score(reply: str) -> float | None:
@@ -131,40 +189,54 @@ async def judge_scores(
 
 
 @reward("paralinguistic_judge")
-async def paralinguistic_judge(
-    prompts: list[Any],
-    completions: list[Any],
-    *,
-    url: str,
-    model: str,
-    api_key_env: str | None = "OPENAI_API_KEY",
-    template: str = PARALINGUISTIC_TEMPLATE,
-    label_column: str = "label",
-    dimension_column: str = "task",
-    request_timeout_s: float = 30.0,
-    retries: int = 2,
-    backoff_s: float = 0.5,
-    max_concurrency: int = 8,
-    **kwargs: Any,
-) -> list[float | None]:
+class ParalinguisticJudge:
     """Ask the judge whether each answer agrees with the row's free-text label.
 
     ``template`` is formatted with ``question`` (the prompt's user text), ``label``, ``answer`` and
     ``dimension``. Rows without a label get None. Each request waits ``request_timeout_s``; give
     the spec's ``timeout_s`` room for the retries: ``(retries + 1) · request_timeout_s`` + backoff.
+    A class, so that the client (and its ``api_key_env`` check) is made once, when the recipe's
+    rewards are built.
     """
-    client = JudgeClient(url, model, api_key_env, request_timeout_s, retries, backoff_s)
-    labels = column(kwargs, label_column, "paralinguistic_judge")
-    dims = kwargs.get(dimension_column) or [""] * len(completions)
-    prompts = prompts or [None] * len(completions)
-    messages = [
-        None
-        if label is None
-        else template.format(
-            question=prompt_text(prompt), label=label, answer=parsed.answer, dimension=dim
-        )
-        for prompt, parsed, label, dim in zip(
-            prompts, completion_fields(completions, kwargs), labels, dims, strict=True
-        )
-    ]
-    return await judge_scores(client, messages, max_concurrency)
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        model: str,
+        api_key_env: str | None = DEFAULT_API_KEY_ENV,
+        template: str = PARALINGUISTIC_TEMPLATE,
+        label_column: str = "label",
+        dimension_column: str = "task",
+        request_timeout_s: float = 30.0,
+        retries: int = 2,
+        backoff_s: float = 0.5,
+        max_concurrency: int = 8,
+    ):
+        self.client = JudgeClient(url, model, api_key_env, request_timeout_s, retries, backoff_s)
+        self.template = template
+        self.label_column = label_column
+        self.dimension_column = dimension_column
+        self.max_concurrency = max_concurrency
+        self.__name__ = "paralinguistic_judge"
+
+    def __repr__(self) -> str:
+        return f"ParalinguisticJudge({self.client!r})"
+
+    async def __call__(
+        self, prompts: list[Any], completions: list[Any], **kwargs: Any
+    ) -> list[float | None]:
+        labels = column(kwargs, self.label_column, "paralinguistic_judge")
+        dims = kwargs.get(self.dimension_column) or [""] * len(completions)
+        prompts = prompts or [None] * len(completions)
+        messages = [
+            None
+            if label is None
+            else self.template.format(
+                question=prompt_text(prompt), label=label, answer=parsed.answer, dimension=dim
+            )
+            for prompt, parsed, label, dim in zip(
+                prompts, completion_fields(completions, kwargs), labels, dims, strict=True
+            )
+        ]
+        return await judge_scores(self.client, messages, self.max_concurrency)

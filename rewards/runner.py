@@ -1,10 +1,11 @@
 """Score a batch with a weighted list of rewards, and never let one reward crash training.
 
 Each reward runs concurrently with the others: async functions on the event loop, plain
-functions on daemon threads. An exception, a NaN or infinity, a wrong-length return or a timeout
-turns only that reward's scores for the samples concerned into ``None``; the loss is counted and
-its first message kept in the metrics. ``None`` is "does not apply", excluded from the weighted
-total and from the statistics, never read as 0.
+functions on daemon threads. An exception, a wrong-length return, a timeout, or a score that is
+not a usable number (see :func:`score_value`) turns only that reward's scores for the samples
+concerned into ``None``; the loss is counted and its first message kept in the metrics, with any
+credentials masked. ``None`` is "does not apply", excluded from the weighted total and from the
+statistics, never read as 0.
 
 A timed-out plain function cannot be stopped: its thread is abandoned and finishes (or not) in the
 background. An async function that blocks without awaiting stalls the whole runner; make
@@ -18,6 +19,7 @@ import concurrent.futures
 import inspect
 import logging
 import math
+import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from rewards.redact import redact
 from rewards.registry import get_reward
 from rewards.text import completion_text
 from rewards.threads import run_in_daemon_thread
@@ -35,6 +38,10 @@ logger = logging.getLogger(__name__)
 
 # Keys of a recipe entry that configure the spec; every other key is a parameter of the reward.
 SPEC_KEYS = ("name", "weight", "timeout_s", "alias", "where", "as_messages", "remote")
+
+MAX_ABS_SCORE = 1e6
+"""Largest score magnitude taken as a reward: beyond it a score is a bug (an unscaled count, a
+sentinel like 1e30), and one such value would swamp every advantage of its batch."""
 
 
 @dataclass
@@ -64,6 +71,10 @@ class RewardSpec:
     where: dict[str, Any] | None = None
     as_messages: bool = False
     remote: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:  # parameters may hold a judge URL with credentials
+        fields = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return f"RewardSpec({', '.join(f'{k}={v!r}' for k, v in redact(fields).items())})"
 
     @property
     def key(self) -> str:
@@ -294,15 +305,35 @@ class RewardRunner:
         errors, first_error = 0, None
         for i, score in zip(rows, out, strict=True):
             try:
-                value = None if score is None else float(score)
-            except (TypeError, ValueError):
-                value = math.nan
-            if value is not None and not math.isfinite(value):
+                values[i] = score_value(score)
+            except ValueError as e:
                 errors += 1
-                first_error = first_error or f"returned {score!r} for sample {i}"
-                value = None
-            values[i] = value
+                first_error = first_error or f"sample {i}: {e}"
         return values, errors, first_error
+
+
+def score_value(score: Any) -> float | None:
+    """One returned score as a float, None for "does not apply"; ``ValueError`` saying why not.
+
+    Accepted: real numbers (``int``, ``float``, numpy scalars, 0-d arrays and tensors) and bools
+    (1.0 / 0.0, as TRL takes them). Refused: strings (even ``"0.5"``: a reward returning text is
+    broken), complex numbers, containers and other objects, NaN, infinities, and magnitudes over
+    ``MAX_ABS_SCORE``.
+    """
+    if score is None:
+        return None
+    if getattr(score, "ndim", None) == 0 and hasattr(score, "item"):
+        score = score.item()  # a 0-d numpy array or torch tensor
+    if not isinstance(score, numbers.Real):
+        shown = repr(score)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ValueError(f"returned {type(score).__name__} {shown}, not a number")
+    value = float(score)
+    if not math.isfinite(value):
+        raise ValueError(f"returned {value}")
+    if abs(value) > MAX_ABS_SCORE:
+        raise ValueError(f"returned {value:g}, beyond the ±{MAX_ABS_SCORE:g} a score may reach")
+    return value
 
 
 async def _invoke(fn: Callable[..., Any], prompts, completions, kwargs) -> tuple[bool, Any]:
@@ -353,8 +384,9 @@ def _per_sample(value: Any, n: int) -> bool:
 
 
 def _describe(error: BaseException) -> str:
+    """``Type: message``, credentials masked (a judge's URL may be in the message)."""
     message = error.args[0] if isinstance(error, KeyError) and error.args else error
-    return f"{type(error).__name__}: {message}"
+    return redact(f"{type(error).__name__}: {message}")
 
 
 def _stats(values: list[float | None], errors: int, first_error: str | None) -> dict[str, Any]:

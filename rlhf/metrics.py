@@ -102,10 +102,13 @@ def explained_variance(sums: list[float]) -> float:
 # ------------------------------------------------------------------ logging
 def tracker_config(config: Any) -> dict[str, bool | int | float | str]:
     """The resolved recipe as the flat ``{"algorithm/beta": 0.04, ...}`` trackers take as
-    hyper-parameters (lists and None written as text: TensorBoard's hparams take scalars only)."""
+    hyper-parameters (lists and None written as text: TensorBoard's hparams take scalars only),
+    credentials masked (a judge URL's ``user:key@``, a key pasted into ``api_key_env``)."""
     from omegaconf import OmegaConf
 
-    values = flatten(OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
+    from rewards.redact import redact
+
+    values = flatten(redact(OmegaConf.to_container(OmegaConf.structured(config), resolve=True)))
     return {
         k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in values.items()
     }

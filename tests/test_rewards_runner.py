@@ -447,3 +447,50 @@ def test_runner_pickles_for_ray_workers():
     runner = pickle.loads(pickle.dumps(RewardRunner(specs)))
     assert runner(None, ["<think>a</think>b"]).per_reward["think_length"] == [1.0]
     assert asyncio.iscoroutinefunction(type(runner.functions["paralinguistic_judge"]).__call__)
+
+
+def returns_each(values):
+    def fn(prompts, completions, **kwargs):
+        return list(values)
+
+    return fn
+
+
+@pytest.mark.parametrize(
+    ("score", "problem"),
+    [
+        ("0.5", "returned str '0.5', not a number"),
+        (b"1", "returned bytes b'1', not a number"),
+        (1 + 2j, "returned complex (1+2j), not a number"),
+        ({"score": 1.0}, "returned dict {'score': 1.0}, not a number"),
+        ([0.5], "returned list [0.5], not a number"),
+        (object(), "returned object <object object at"),
+        (float("inf"), "returned inf"),
+        (-math.inf, "returned -inf"),
+        (math.nan, "returned nan"),
+        (1e30, "returned 1e+30, beyond the ±1e+06 a score may reach"),
+        ("x" * 500, "returned str 'xxxxxxxx"),
+    ],
+)
+def test_scores_that_are_not_usable_numbers_are_counted_errors(score, problem, caplog):
+    fn = returns_each([1.0, score, 0.0])
+    fn.__name__ = "odd"
+    result = RewardRunner([fn, "think_format"])(None, COMPLETIONS)
+    assert result.per_reward["odd"] == [1.0, None, 0.0]
+    metrics = result.metrics["odd"]
+    assert metrics["errors"] == 1 and metrics["first_error"].startswith(f"sample 1: {problem}")
+    assert len(metrics["first_error"]) < 120  # a huge return does not flood the log
+    assert f"reward odd: 1 of 3 samples lost: sample 1: {problem}" in caplog.text
+    assert result.total == [2.0, 0.0, 0.0]  # the sample keeps the other reward's score
+
+
+def test_numpy_and_torch_scalars_bools_and_large_but_sane_scores_are_accepted():
+    import numpy as np
+    import torch
+
+    scores = [np.float32(0.25), np.int64(-3), torch.tensor(0.5), np.array(2.0), True, -1e6]
+    result = RewardRunner([returns_each(scores)])(None, ["c"] * len(scores))
+    (values,) = result.per_reward.values()
+    assert values == [0.25, -3.0, 0.5, 2.0, 1.0, -1e6]
+    assert all(type(v) is float for v in values)
+    assert next(iter(result.metrics.values()))["errors"] == 0
