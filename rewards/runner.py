@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import decimal
 import inspect
 import logging
 import math
@@ -315,16 +316,16 @@ class RewardRunner:
 def score_value(score: Any) -> float | None:
     """One returned score as a float, None for "does not apply"; ``ValueError`` saying why not.
 
-    Accepted: real numbers (``int``, ``float``, numpy scalars, 0-d arrays and tensors) and bools
-    (1.0 / 0.0, as TRL takes them). Refused: strings (even ``"0.5"``: a reward returning text is
-    broken), complex numbers, containers and other objects, NaN, infinities, and magnitudes over
-    ``MAX_ABS_SCORE``.
+    Accepted: real numbers (``int``, ``float``, ``Decimal``, numpy scalars, 0-d arrays and
+    tensors) and bools (1.0 / 0.0, as TRL takes them). Refused: strings (even ``"0.5"``: a reward
+    returning text is broken), complex numbers, containers and other objects, NaN, infinities,
+    and magnitudes over ``MAX_ABS_SCORE``.
     """
     if score is None:
         return None
     if getattr(score, "ndim", None) == 0 and hasattr(score, "item"):
         score = score.item()  # a 0-d numpy array or torch tensor
-    if not isinstance(score, numbers.Real):
+    if not isinstance(score, (numbers.Real, decimal.Decimal)):
         shown = repr(score)
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
         raise ValueError(f"returned {type(score).__name__} {shown}, not a number")

@@ -485,12 +485,15 @@ def test_scores_that_are_not_usable_numbers_are_counted_errors(score, problem, c
 
 
 def test_numpy_and_torch_scalars_bools_and_large_but_sane_scores_are_accepted():
+    import decimal
+
     import numpy as np
     import torch
 
     scores = [np.float32(0.25), np.int64(-3), torch.tensor(0.5), np.array(2.0), True, -1e6]
+    scores.append(decimal.Decimal("0.75"))
     result = RewardRunner([returns_each(scores)])(None, ["c"] * len(scores))
     (values,) = result.per_reward.values()
-    assert values == [0.25, -3.0, 0.5, 2.0, 1.0, -1e6]
+    assert values == [0.25, -3.0, 0.5, 2.0, 1.0, -1e6, 0.75]
     assert all(type(v) is float for v in values)
     assert next(iter(result.metrics.values()))["errors"] == 0
