@@ -2,7 +2,7 @@
 
 from rewards import accuracy, format, judge, paralinguistic, transcription  # noqa: F401  (register)
 from rewards.normalize import TextNormalizer, number_to_words
-from rewards.registry import get_reward, registered_rewards, reward
+from rewards.registry import check_reward, get_reward, registered_rewards, reward
 from rewards.runner import RewardResult, RewardRunner, RewardSpec, load_specs
 from rewards.text import Completion, completion_fields, split_completion
 from rewards.transcription import error_rate, error_to_reward
@@ -13,6 +13,7 @@ __all__ = [
     "RewardRunner",
     "RewardSpec",
     "TextNormalizer",
+    "check_reward",
     "completion_fields",
     "error_rate",
     "error_to_reward",

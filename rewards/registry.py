@@ -84,6 +84,18 @@ def get_reward(name: str | RewardFn, **params: Any) -> RewardFn:
     return _bind(obj, params) if params else obj
 
 
+def check_reward(name: str | RewardFn, **params: Any) -> None:
+    """Raise ``ValueError`` for what :func:`get_reward` would refuse (an unknown name, module or
+    parameter, a missing required one) without building the reward: no class is instantiated and
+    no factory called, so a recipe's rewards are checked before any model loads."""
+    obj = name if callable(name) else _lookup(name)
+    label = name if isinstance(name, str) else getattr(name, "__name__", repr(name))
+    if inspect.isclass(obj):
+        _check_params(obj.__init__, params, label, skip_self=True)
+    else:
+        _check_params(obj, params, label)
+
+
 def _lookup(name: str) -> Any:
     if ":" in name:
         module_name, _, attr = name.partition(":")

@@ -16,9 +16,13 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import ray
-
+from rewards.errors import MissingExtraError
 from rewards.registry import get_reward
+
+try:
+    import ray
+except ImportError as err:
+    raise MissingExtraError("ray", err) from err
 
 
 class _RewardActor:

@@ -16,12 +16,12 @@ import resource
 import time
 from pathlib import Path
 
-import torch
-
 
 def _logprob_variant(
     variant: str, batch: int, tokens: int, hidden: int, vocab: int, device: str, chunk: int
 ) -> dict:
+    import torch
+
     from rollouts.policy import chunked_logprobs
 
     torch.manual_seed(0)
@@ -55,6 +55,8 @@ def _run_isolated(queue: mp.Queue, *args) -> None:
 
 
 def bench_logprobs(args: argparse.Namespace) -> dict:
+    import torch
+
     shape = (args.batch, args.tokens, args.hidden, args.vocab, args.device, args.chunk_size)
     results = {}
     for variant in ("chunked", "naive"):
@@ -86,6 +88,7 @@ def bench_logprobs(args: argparse.Namespace) -> dict:
 
 def bench_generate(args: argparse.Namespace) -> dict:
     import numpy as np
+    import torch
 
     from rollouts.policy import Policy
     from rollouts.types import PromptSample
@@ -127,6 +130,30 @@ def bench_generate(args: argparse.Namespace) -> dict:
     return results
 
 
+def bench_cli(args: argparse.Namespace) -> dict:
+    """Seconds until `rlhf --help` and each `rlhf CMD --help` answer, each run in a fresh
+    interpreter as a user's shell would (median of ``--repeats``): the CLI imports no torch,
+    transformers or datasets before a command runs, and this shows it stays that way."""
+    import statistics
+    import subprocess
+    import sys
+
+    from rlhf.cli import COMMANDS
+
+    results = {}
+    for argv in ([], *([name] for name in COMMANDS)):
+        seconds = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            command = [sys.executable, "-m", "rlhf.cli", *argv, "--help"]
+            subprocess.run(command, check=True, capture_output=True)
+            seconds.append(time.perf_counter() - start)
+        label = " ".join(["rlhf", *argv, "--help"])
+        results[label] = statistics.median(seconds)
+        print(f"  {label:28s} {results[label]:6.2f} s")
+    return results
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     lp = sub.add_parser("logprobs", help="chunked vs naive log-prob memory")
@@ -135,18 +162,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lp.add_argument("--hidden", type=int, default=3584)
     lp.add_argument("--vocab", type=int, default=158720)
     lp.add_argument("--chunk-size", type=int, default=1024)
-    lp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    lp.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     gen = sub.add_parser("generate", help="batched generation with and without the KV cache")
     gen.add_argument("--model", type=Path, required=True)
     gen.add_argument("--clips", type=int, default=8)
     gen.add_argument("--tokens", type=int, default=64)
-    gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    for p in (lp, gen):
+    gen.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    cli = sub.add_parser("cli", help="seconds until `rlhf --help` and `rlhf CMD --help` answer")
+    cli.add_argument("--repeats", type=int, default=3, help="runs per command (median)")
+    for p in (lp, gen, cli):
         p.add_argument("--json", type=Path, default=None, help="also write the figures here")
 
 
 def run(args: argparse.Namespace) -> int:
-    results = bench_logprobs(args) if args.what == "logprobs" else bench_generate(args)
+    if getattr(args, "device", "") is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    benches = {"logprobs": bench_logprobs, "generate": bench_generate, "cli": bench_cli}
+    results = benches[args.what](args)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -14,7 +14,7 @@ import math
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jiwer
 from rich.console import Console
@@ -25,10 +25,9 @@ from rewards import TextNormalizer
 from rewards.format import ta4_format, think_format
 from rewards.paralinguistic import LABELS, asserted_levels, paralinguistic
 from rewards.text import count_words
-from rlhf.data.loading import load_prompt_dataset, row_to_sample
-from rollouts.engine import LocalEngine
-from rollouts.policy import Policy
-from rollouts.types import PromptSample, Rollout, SamplingParams
+
+if TYPE_CHECKING:
+    from rollouts.types import PromptSample, Rollout
 
 DIMENSIONS = {"gender": 2, "pitch": 2, "speed": 3}  # questions scored by label, with level counts
 TRANSCRIBE = "transcribe"
@@ -45,13 +44,23 @@ def evaluate(
     max_new_tokens: int = 256,
     think: bool = True,
     device: str = "cpu",
+    dtype: str = "float32",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Greedy completions of ``model_dir`` for the rows of ``data_dir``'s ``split``, scored.
 
+    Greedy decoding without repetition penalty: the figures say what the policy itself prefers,
+    reproducibly (Step-Audio 2's serving settings, top_p 0.9 and repetition_penalty 1.05, are
+    ``SamplingParams``' defaults, for sampling). ``dtype`` is the dtype the weights load in.
+
     Returns ``{"n", "paralinguistic": {dim: accuracy}, "asr": {"wer", "cer"},
     "think_words_mean", "format_ok", "counts", ...}``; a figure with no row to measure it is None.
     """
+    from rlhf.data.loading import load_prompt_dataset, row_to_sample
+    from rollouts.engine import LocalEngine
+    from rollouts.policy import Policy
+    from rollouts.types import SamplingParams
+
     started = time.perf_counter()
     dataset = load_prompt_dataset(data_dir, split)
     if max_samples is not None:
@@ -61,7 +70,7 @@ def evaluate(
     source = f"{data_dir}:{split}"
     samples = [row_to_sample(row, i, source, think=think) for i, row in enumerate(dataset)]
 
-    policy = Policy.from_pretrained(model_dir, device=device)
+    policy = Policy.from_pretrained(model_dir, device=device, dtype=dtype)
     policy.model.eval()
     engine = LocalEngine(policy, batch_size=batch_size)
     greedy = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=max_new_tokens)
@@ -210,9 +219,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--no-think", action="store_true", help="do not prefill <think>")
+    parser.add_argument(
+        "--device", default=None, help="torch device (default: cuda when available, else cpu)"
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=("float32", "bfloat16", "float16"),
+        help="dtype the weights load in (default: the checkpoint's own, else float32)",
+    )
+
+
+def checkpoint_dtype(model_dir: str | Path) -> str:
+    """The dtype a checkpoint's ``config.json`` records (``dtype`` / ``torch_dtype``), when it
+    is a float dtype; float32 otherwise."""
+    path = Path(model_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "float32"
+    recorded = config.get("dtype") or config.get("torch_dtype")
+    return recorded if recorded in ("float32", "bfloat16", "float16") else "float32"
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from rlhf.preflight import check_model_path
+
+    check_model_path("--model", args.model)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = evaluate(
         args.model,
         args.data,
@@ -221,6 +257,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         think=not args.no_think,
+        device=device,
+        dtype=args.dtype or checkpoint_dtype(args.model),
     )
     print_table(results, title=f"{args.model} on {args.data}:{args.split}")
     if args.json:

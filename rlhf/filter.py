@@ -19,19 +19,17 @@ import argparse
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
-import torch
 from rich.progress import track
 
 from rewards import RewardRunner, RewardSpec
-from rlhf.checkpoint import write_atomic
 from rlhf.config import RLConfig, load_config
-from rlhf.data.loading import load_prompt_dataset, row_to_sample
-from rollouts.engine import LocalEngine, sample_seed
-from rollouts.policy import Policy
-from rollouts.types import Rollout, SamplingParams
+
+if TYPE_CHECKING:  # torch, datasets and the model load in the functions that use them
+    import datasets
+
+    from rollouts.types import Rollout
 
 
 def pass_counts(
@@ -58,6 +56,13 @@ def sample_pass_counts(
     chunk: int = 64,
 ) -> list[int]:
     """Pass count of each row of ``dataset``, in order."""
+    import torch
+
+    from rlhf.data.loading import row_to_sample
+    from rollouts.engine import LocalEngine, sample_seed
+    from rollouts.policy import Policy
+    from rollouts.types import SamplingParams
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     policy = Policy.from_pretrained(config.model.path, dtype=config.model.dtype, device=device)
     specs = [
@@ -118,20 +123,16 @@ def filter_prompts(
     reward: str | None = None,
 ) -> dict[str, Any]:
     """Sample, count, keep the band, write ``out``; returns the summary written to the JSON."""
+    import datasets
+
+    from rlhf.checkpoint import write_atomic
+    from rlhf.data.loading import load_split
+
     low, high = band
     if not 0 <= low <= high <= samples:
         raise ValueError(f"--band {low} {high}: need 0 <= low <= high <= --samples ({samples})")
     data = config.data
-    dataset = load_prompt_dataset(data.path, data.split)
-    if data.tasks:
-        tasks = set(data.tasks)
-        dataset = dataset.filter(lambda row: row.get("task") in tasks)
-    if data.max_samples:
-        dataset = dataset.select(range(min(data.max_samples, len(dataset))))
-    if len(dataset) == 0:
-        raise ValueError(
-            f"{data.path}:{data.split}: no prompts to filter (data.tasks={data.tasks})"
-        )
+    dataset = load_split(data)
     source = f"{data.path}:{data.split}"
     counts = sample_pass_counts(config, dataset, source, samples, threshold, reward)
 
@@ -165,6 +166,8 @@ def filter_prompts(
 
 def _other_splits(path: str, split: str) -> dict[str, datasets.Dataset]:
     """The dataset's other splits (a saved ``DatasetDict``), to carry over unfiltered."""
+    import datasets
+
     try:
         splits = datasets.load_from_disk(str(_dataset_dict_root(Path(path))))
     except (FileNotFoundError, ValueError):

@@ -6,6 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
+from rewards.errors import UserError
 from rlhf.metrics import read_metrics
 
 PREFERRED = (
@@ -34,7 +35,7 @@ def plot_run(run_dir: Path, out: Path | None = None, keys: list[str] | None = No
     keys += sorted(k for k in available if k.startswith("reward/") and k.endswith("/mean"))
     keys = list(dict.fromkeys(keys))
     if not keys:
-        raise ValueError(f"{run_dir}/metrics.jsonl has no numeric metrics to plot")
+        raise UserError(f"{run_dir}/metrics.jsonl has no numeric metrics to plot")
     cols = min(3, len(keys))
     nrows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3 * nrows), squeeze=False)

@@ -33,7 +33,7 @@ from transformers import get_scheduler
 
 from rlhf.config import DataConfig, ModelConfig, OptimConfig, RunConfig, load_config, save_config
 from rlhf.data import grammar
-from rlhf.data.loading import load_prompt_dataset, row_to_sample
+from rlhf.data.loading import load_split, row_to_sample
 from rlhf.data.stream import PromptStream
 from rlhf.metrics import MetricsLogger
 from rlhf.training import optimizer_step, prepare_model, save_pretrained
@@ -132,11 +132,8 @@ def load_pairs(
 ) -> list[PreferencePair]:
     """Preference pairs of the first rows of ``data.path:split`` (audio decoded once, here)."""
     if dataset is None:
-        dataset = load_prompt_dataset(data.path, split)
-    if data.tasks:
-        tasks = set(data.tasks)
-        dataset = dataset.filter(lambda row: row.get("task") in tasks)
-    limit = min([len(dataset), *(x for x in (max_rows, data.max_samples) if x)])
+        dataset = load_split(data, split)
+    limit = min(len(dataset), max_rows or len(dataset))
     source = f"{data.path}:{split}"
     columns = set(dataset.column_names)
     given = {"chosen", "rejected"} <= columns
@@ -342,7 +339,7 @@ class RewardModelTrainer:
         if Path(cfg.data.path).is_file():
             return None
         try:
-            dataset = load_prompt_dataset(cfg.data.path, split)
+            dataset = load_split(cfg.data, split)
         except KeyError:
             return None
         pairs = load_pairs(

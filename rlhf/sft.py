@@ -1,4 +1,4 @@
-"""`rlhf sft RECIPE.yaml [key=value ...]`: supervised fine-tuning on assistant targets.
+"""Supervised fine-tuning on assistant targets.
 
 The warm start that RL begins from (Step-Audio 2 runs its RL stages after a cold-start SFT). Each
 dataset row is a prompt (``row_to_sample``) plus the answer the assistant should write
@@ -13,7 +13,6 @@ log-prob is and no ``[B, T, V]`` logits are materialised.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import dataclass
@@ -33,8 +32,8 @@ from rich.progress import (
 )
 from transformers import get_scheduler
 
-from rlhf.config import DataConfig, SFTConfig, load_config, save_config
-from rlhf.data.loading import load_prompt_dataset, row_to_sample
+from rlhf.config import DataConfig, SFTConfig, save_config
+from rlhf.data.loading import load_split, row_to_sample
 from rlhf.data.stream import PromptStream
 from rlhf.metrics import MetricsLogger
 from rlhf.training import load_policy, optimizer_step, save_pretrained
@@ -66,14 +65,7 @@ def row_target(row: dict[str, Any], where: str = "row") -> AssistantTarget:
 def load_examples(data: DataConfig, split: str | None = None) -> list[Example]:
     """Rows of ``data.path`` as examples, audio decoded once here rather than at every step."""
     split = split or data.split
-    dataset = load_prompt_dataset(data.path, split)
-    if data.tasks:
-        tasks = set(data.tasks)
-        dataset = dataset.filter(lambda row: row.get("task") in tasks)
-    if data.max_samples:
-        dataset = dataset.select(range(min(data.max_samples, len(dataset))))
-    if len(dataset) == 0:
-        raise ValueError(f"{data.path}:{split}: no rows to train on (data.tasks={data.tasks})")
+    dataset = load_split(data, split)
     source = f"{data.path}:{split}"
     examples = []
     for index, row in enumerate(track(dataset, description="decoding audio", transient=True)):
@@ -221,21 +213,3 @@ class SFTTrainer:
         """A plain ``from_pretrained`` checkpoint (LoRA merged in) with its processor."""
         return save_pretrained(self.model, self.policy.processor, path, self.accelerator)
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="YAML recipe (see recipes/tiny_sft.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-
-
-def run(args: argparse.Namespace) -> int:
-    config = load_config(SFTConfig, args.recipe, args.overrides)
-    started = time.perf_counter()
-    trainer = SFTTrainer(config)
-    history = trainer.train()
-    if trainer.is_main:
-        last = history[-1]["loss"] if history else float("nan")
-        print(
-            f"done: {trainer.global_step} steps in {time.perf_counter() - started:.0f} s, "
-            f"final loss {last:.3f}; checkpoint {trainer.run_dir / 'final'}"
-        )
-    return 0

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import argparse
 
-from rollouts.tokens import NUM_AUDIO_CODES
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out_dir", help="folder to save the model, tokenizer and processor into")
     parser.add_argument(
         "--audio-codes",
         type=int,
-        default=NUM_AUDIO_CODES,
-        help=f"audio-code tokens in the vocabulary (default {NUM_AUDIO_CODES}, like the real model)",
+        default=None,
+        help="audio-code tokens in the vocabulary (default: as many as the real model has)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
 
@@ -28,10 +26,10 @@ def run(args: argparse.Namespace) -> int:
     import rollouts  # noqa: F401  (registers the architecture with the Auto classes)
     from rlhf.data.grammar import corpus
     from rollouts.tiny import make_tiny
+    from rollouts.tokens import NUM_AUDIO_CODES
 
-    out = make_tiny(
-        args.out_dir, corpus().splitlines(), num_audio_codes=args.audio_codes, seed=args.seed
-    )
+    codes = NUM_AUDIO_CODES if args.audio_codes is None else args.audio_codes
+    out = make_tiny(args.out_dir, corpus().splitlines(), num_audio_codes=codes, seed=args.seed)
     model = AutoModelForCausalLM.from_pretrained(out)
     total = sum(p.numel() for p in model.parameters())
     print(

@@ -36,7 +36,7 @@ from rlhf.checkpoint import (
     save_checkpoint,
 )
 from rlhf.config import RLConfig, save_config
-from rlhf.data.loading import load_prompt_dataset, row_to_sample
+from rlhf.data.loading import load_split, row_to_sample
 from rlhf.data.stream import PromptStream
 from rlhf.metrics import MetricsLogger, Timer
 from rlhf.training import load_policy, optimizer_step, save_pretrained
@@ -103,12 +103,7 @@ class RLTrainer:
             num_training_steps=config.run.steps * acfg.num_iterations,
         )
 
-        dataset = load_prompt_dataset(config.data.path, config.data.split)
-        if config.data.tasks:
-            tasks = set(config.data.tasks)
-            dataset = dataset.filter(lambda row: row.get("task") in tasks)
-        if config.data.max_samples:
-            dataset = dataset.select(range(min(config.data.max_samples, len(dataset))))
+        dataset = load_split(config.data)
         source = f"{config.data.path}:{config.data.split}"
         self.prompts = PromptStream(
             len(dataset),

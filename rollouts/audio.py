@@ -23,6 +23,8 @@ import soxr
 import torch
 from transformers.audio_utils import mel_filter_bank
 
+from rewards.errors import UserError
+
 SAMPLE_RATE = 16_000
 CHUNK_SAMPLES = 25 * SAMPLE_RATE  # 400 000 samples: clips are split every 25 s
 N_MELS = 128
@@ -58,7 +60,7 @@ trained on, so they are refused rather than scaled by guesswork.
 """
 
 
-class AudioError(ValueError):
+class AudioError(UserError):
     """Audio that cannot be used; the message names the file, or the caller's ``name``."""
 
 

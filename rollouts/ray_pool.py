@@ -29,16 +29,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import ray
 import torch
-from ray.exceptions import GetTimeoutError, RayError, RayTaskError
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rewards import RewardResult, RewardRunner
+from rewards.errors import MissingExtraError
 from rollouts.engine import LocalEngine
 from rollouts.types import PromptSample, Rollout, SamplingParams
 from rollouts.weights import state_bytes
+
+try:
+    import ray
+    from ray.exceptions import GetTimeoutError, RayError, RayTaskError
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+except ImportError as err:
+    raise MissingExtraError("ray", err) from err
 
 
 class RolloutWorkerError(RuntimeError):

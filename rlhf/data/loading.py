@@ -1,8 +1,8 @@
 """Prompt datasets in, ``PromptSample``s out: the one door every dataset row comes through.
 
-Datasets are whatever ``datasets`` reads offline: a ``save_to_disk`` folder (``DatasetDict`` or a
-single ``Dataset``; ``rlhf make-data``'s output folder too) or a ``.jsonl`` / ``.json`` /
-``.parquet`` / ``.csv`` file. Audio stays undecoded in the table (bytes, a path, or a
+Datasets are whatever ``datasets`` reads: a ``save_to_disk`` folder (``DatasetDict`` or a
+single ``Dataset``; ``rlhf make-data``'s output folder too), a ``.jsonl`` / ``.json`` /
+``.parquet`` / ``.csv`` file, a folder of such files, or a hub id (``org/name``). Audio stays undecoded in the table (bytes, a path, or a
 ``{"bytes", "path"}`` / ``{"array", "sampling_rate"}`` dict) and is decoded here, row by row, with
 ``rollouts.audio.load_audio`` — never by ``datasets``' ``Audio`` feature, whose torchcodec backend
 does not load in every environment — so a bad clip fails with the dataset and row in the message.
@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
 
+from rewards.errors import UserError
 from rollouts.audio import MAX_CLIP_SECONDS, MIN_CLIP_SAMPLES, SAMPLE_RATE, AudioError, load_audio
 from rollouts.types import PromptSample
 
@@ -26,16 +28,41 @@ FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv
 PROMPT_COLUMNS = ("messages", "prompt", "audio")
 
 
+class DatasetError(UserError):
+    """A dataset that cannot be read as asked: no such file, folder, hub id or rows."""
+
+
+class MissingSplitError(DatasetError, KeyError):
+    """The dataset has no split of that name (a ``KeyError`` too, as a mapping lookup is)."""
+
+    __str__ = Exception.__str__  # KeyError's would quote the message
+
+
+class MissingColumnError(DatasetError, KeyError):
+    """A row lacks a column it needs (a ``KeyError`` too, as a mapping lookup is)."""
+
+    __str__ = Exception.__str__
+
+
+# owner/name as the Hugging Face hub spells a repository id
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
 def load_prompt_dataset(path: str | os.PathLike, split: str = "train") -> datasets.Dataset:
     """The ``split`` of the dataset at ``path``, its audio columns left undecoded.
 
-    A file or a single saved ``Dataset`` has no splits and is returned whole.
+    ``path`` is a file (``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv``: one split, returned
+    whole), a ``save_to_disk`` folder (or one holding ``data/`` from ``rlhf make-data``), a
+    folder of data files, or a hub id ``org/name`` that is no local path; the last two are read
+    by ``datasets.load_dataset(path, split=split)``, which infers splits from file names
+    (``train.jsonl``, ``test-00000-of-00001.parquet``) and uses the hub cache when offline.
     """
+    where = str(path)
     path = Path(path)
     if path.is_file():
         builder = FILE_BUILDERS.get(path.suffix.lower())
         if builder is None:
-            raise ValueError(
+            raise DatasetError(
                 f"{path}: unsupported dataset file type {path.suffix!r}; "
                 f"use one of {sorted(FILE_BUILDERS)} or a save_to_disk folder"
             )
@@ -45,20 +72,58 @@ def load_prompt_dataset(path: str | os.PathLike, split: str = "train") -> datase
         if (root / "dataset_dict.json").is_file():
             splits = datasets.load_from_disk(str(root))
             if split not in splits:
-                raise KeyError(f"{root}: no split {split!r}; splits: {sorted(splits)}")
+                raise MissingSplitError(f"{root}: no split {split!r}; splits: {sorted(splits)}")
             dataset = splits[split]
         elif (root / "state.json").is_file():
             dataset = datasets.load_from_disk(str(root))
         else:
-            raise FileNotFoundError(
-                f"{path}: not a dataset folder (no dataset_dict.json or state.json from "
-                "save_to_disk, nor a data/ folder holding one)"
-            )
+            dataset = _load_dataset(where, split)
+    elif HUB_ID.match(where):
+        dataset = _load_dataset(where, split)
     else:
         raise FileNotFoundError(f"{path}: no such dataset file or folder")
     for name, feature in dataset.features.items():
         if isinstance(feature, datasets.Audio) and feature.decode:
             dataset = dataset.cast_column(name, datasets.Audio(decode=False))
+    return dataset
+
+
+def _load_dataset(where: str, split: str) -> datasets.Dataset:
+    """A folder of data files or a hub id, through ``datasets.load_dataset``; its errors named."""
+    local = Path(where).is_dir()
+    try:
+        return datasets.load_dataset(where, split=split)
+    except ValueError as err:
+        if "split" in str(err).lower():  # datasets: 'Unknown split "x". Should be one of [...]'
+            raise MissingSplitError(f"{where}: no split {split!r} ({err})") from err
+        raise DatasetError(f"{where}: {err}") from err
+    except (FileNotFoundError, OSError, ConnectionError) as err:
+        what = (
+            "a folder without dataset files (nor save_to_disk's dataset_dict.json / state.json)"
+            if local
+            else "no such local file or folder, and not found as a Hugging Face hub dataset"
+        )
+        raise DatasetError(f"{where}: {what} ({str(err).splitlines()[0]})") from err
+
+
+def load_split(data: Any, split: str | None = None) -> datasets.Dataset:
+    """The rows a recipe's ``data`` section selects: ``split`` (default ``data.split``) of
+    ``data.path``, only rows whose ``task`` is in ``data.tasks`` when set, then the first
+    ``data.max_samples``. Raises ``DatasetError`` when no row is left."""
+    split = split or data.split
+    dataset = load_prompt_dataset(data.path, split)
+    if data.tasks:
+        tasks = set(data.tasks)
+        if "task" not in dataset.column_names:
+            raise DatasetError(
+                f"{data.path}:{split}: data.tasks={list(data.tasks)} needs a 'task' column; "
+                f"columns: {dataset.column_names}"
+            )
+        dataset = dataset.filter(lambda row: row["task"] in tasks)
+    if data.max_samples:
+        dataset = dataset.select(range(min(data.max_samples, len(dataset))))
+    if len(dataset) == 0:
+        raise DatasetError(f"{data.path}:{split}: no rows (data.tasks={data.tasks})")
     return dataset
 
 
