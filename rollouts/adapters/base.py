@@ -94,6 +94,10 @@ class ModelAdapter:
     def load_processor(cls, path) -> Any:
         raise NotImplementedError
 
+    def vllm_names(self, config) -> VllmNames:
+        """The names a vLLM engine needs for a checkpoint with this ``config``."""
+        return self.vllm
+
     @property
     def tokenizer(self):
         return getattr(self.processor, "tokenizer", self.processor)

@@ -48,6 +48,13 @@ class Qwen25OmniThinkerAdapter(Qwen2AudioAdapter):
     name = "qwen2.5-omni"
     model_types = ("qwen2_5_omni_thinker", "qwen2_5_omni")
     architectures = ("Qwen2_5OmniThinkerForConditionalGeneration", "Qwen2_5OmniModel")
+    placeholder_tokens = (
+        *Qwen2AudioAdapter.placeholder_tokens,
+        "<|IMAGE|>",
+        "<|VIDEO|>",
+        "<|vision_bos|>",
+        "<|vision_eos|>",
+    )
     vllm = VllmNames(
         "Qwen2_5OmniThinkerForConditionalGeneration", "<|audio_bos|><|AUDIO|><|audio_eos|>"
     )

@@ -15,7 +15,7 @@ import torch
 
 from rollouts.adapters.base import VllmNames
 from rollouts.adapters.causal_lm import CausalLMAdapter
-from rollouts.audio import SAMPLE_RATE
+from rollouts.audio import SAMPLE_RATE, AudioError
 from rollouts.types import PromptSample
 
 AUDIO = "<|AUDIO|>"
@@ -44,9 +44,6 @@ class Qwen2AudioAdapter(CausalLMAdapter):
 
         return Qwen2AudioProcessor.from_pretrained(path)
 
-    def vllm_names(self, config) -> VllmNames:
-        return self.vllm
-
     def encode_prompt(self, sample: PromptSample) -> tuple[list[int], dict[str, torch.Tensor]]:
         text = self.render(sample)
         if text.count(AUDIO) != len(sample.audio):
@@ -55,6 +52,13 @@ class Qwen2AudioAdapter(CausalLMAdapter):
             )
         if not sample.audio:
             return self.tokenizer.encode(text, add_special_tokens=False), {}
+        window = self.processor.feature_extractor.n_samples
+        for k, clip in enumerate(sample.audio):
+            if len(clip) > window:  # the processor would cut it silently
+                raise AudioError(
+                    f"audio[{k}] lasts {len(clip) / SAMPLE_RATE:.1f} s but this model hears at "
+                    f"most {window / SAMPLE_RATE:.0f} s per clip; split or trim it"
+                )
         inputs = self.processor(
             text=[text], audio=list(sample.audio), sampling_rate=SAMPLE_RATE, return_tensors="pt"
         )
