@@ -1,14 +1,16 @@
 """PPO's critic: the value of the state before each completion token, trained on its own.
 
 With LoRA the critic is a second adapter, ``"critic"``, on the policy's own peft model plus a value
-head: the base weights are shared, not copied (DESIGN.md). With full fine-tuning it is a separate
+head: the base weights are shared, not copied. With full fine-tuning it is a separate
 ``StepAudio2ForSequenceClassification`` whose one-output ``score`` is the value head, loaded from
 the policy's checkpoint or from ``algorithm.ppo.critic_path`` (a reward model trained by
 ``rlhf reward-model`` makes a good start: its ``score`` is kept).
 
-Either way the critic has its own AdamW at ``ppo.critic_lr`` and its parameters never meet the
-policy's optimizer. Under LoRA two pitfalls make the critic own its backward pass (:meth:`backward`)
-rather than hand out values with a graph: peft's ``set_adapter`` also sets ``requires_grad`` (only
+Either way the critic has its own fp32 AdamW at ``ppo.critic_lr``, computes in ``model.dtype``
+like the policy, and its parameters never meet the policy's optimizer. Its values come from a
+``LogProbModel``'s ``values`` (the module a distributed wrapper holds). Under LoRA two pitfalls
+make the critic own its backward pass (:meth:`backward`) rather than hand out values with a
+graph: peft's ``set_adapter`` also sets ``requires_grad`` (only
 the active adapter's weights require grad, and autograd silently drops gradients of a leaf that
 stopped requiring grad before backward), and gradient checkpointing re-runs the decoder during
 backward with whatever adapter is active then. So the critic adapter is active from its forward to
@@ -27,7 +29,15 @@ from torch import nn
 
 from rlhf.algorithms import value_loss
 from rlhf.config import RLConfig
-from rollouts.policy import Policy, SequenceBatch
+from rlhf.training import (
+    autocast,
+    build_optimizer,
+    compute_dtype,
+    disable_dropout,
+    enable_checkpointing,
+    optimizer_step,
+)
+from rollouts.policy import LogProbModel, Policy, SequenceBatch
 
 CRITIC_ADAPTER = "critic"
 
@@ -35,26 +45,32 @@ CRITIC_ADAPTER = "critic"
 class Critic:
     """``values(sequences) -> [B, C]``, ``backward(...)`` for the value loss, ``optimizer_step``.
 
-    Values are aligned with ``Policy.logprobs``: ``values[b, t]`` is V of the prefix that predicts
-    completion token t (the hidden state at ``prompt_length + t - 1``), 0 on padding.
+    Values come from ``scorer.values`` (a ``LogProbModel`` with a value head, possibly sharded),
+    aligned with ``Policy.logprobs``: ``values[b, t]`` is V of the prefix that predicts completion
+    token t (the hidden state at ``prompt_length + t - 1``), 0 on padding. Build the critic after
+    sharding ``scorer``: its optimizer holds the parameters the scorer has then.
     """
 
-    def __init__(
-        self,
-        body: Policy,
-        head: nn.Linear,
-        params: list[nn.Parameter],
-        config: RLConfig,
-        adapter: str | None = None,
-    ):
-        self.body = body  # decoder path: hidden_states(sequences) -> [B, L, H]
-        self.head = head
+    def __init__(self, scorer: LogProbModel, config: RLConfig, adapter: str | None = None):
+        self.scorer = scorer
+        self.body = scorer.policy  # decoder path: hidden_states(sequences) -> [B, L, H]
         self.adapter = adapter  # the peft adapter to activate, None for a separate model
         self.ppo = config.algorithm.ppo
-        self._params = params
-        self.optimizer = torch.optim.AdamW(
-            params, lr=self.ppo.critic_lr, weight_decay=config.optim.weight_decay
-        )
+        self.compute_dtype = compute_dtype(config.model)
+        if adapter is None:
+            self._params = [p for p in scorer.parameters() if p.requires_grad]
+        else:
+            marker = f".{adapter}."
+            self._params = [
+                p
+                for name, p in scorer.named_parameters()
+                if marker in name or name.startswith("value_head.")
+            ]
+        self.optimizer, _ = build_optimizer(self._params, config.optim, lr=self.ppo.critic_lr)
+
+    @property
+    def head(self) -> nn.Module:
+        return self.scorer.value_head
 
     def parameters(self) -> Iterator[nn.Parameter]:
         """What the critic trains: adapter (or whole-model) weights and the value head."""
@@ -62,35 +78,26 @@ class Critic:
 
     @contextmanager
     def _active(self) -> Iterator[None]:
-        """Under LoRA: the critic adapter (trainable) inside, the previous adapter(s) after."""
-        if self.adapter is None:
-            yield
-            return
-        model = self.body.model
-        previous = model.active_adapter
-        model.set_adapter(self.adapter)
-        try:
-            yield
-        finally:
-            model.set_adapter(previous)
-
-    def _values(self, sequences: SequenceBatch) -> torch.Tensor:
-        hidden = self.body.hidden_states(sequences)
-        batch, width = sequences.completion_ids.shape
-        offsets = torch.arange(width, device=hidden.device)
-        positions = (sequences.prompt_lengths[:, None] - 1 + offsets[None, :]).clamp(
-            0, hidden.shape[1] - 1
-        )
-        rows = torch.arange(batch, device=hidden.device)[:, None]
-        states = hidden[rows, positions]  # [B, C, H]
-        values = self.head(states.to(self.head.weight.dtype)).squeeze(-1).float()
-        return values * sequences.completion_mask
+        """Under LoRA: the critic adapter (trainable) inside, the previous adapter(s) after; the
+        compute dtype throughout."""
+        device = next(iter(self._params)).device
+        with autocast(self.compute_dtype, device):
+            if self.adapter is None:
+                yield
+                return
+            model = self.body.model
+            previous = model.active_adapter
+            model.set_adapter(self.adapter)
+            try:
+                yield
+            finally:
+                model.set_adapter(previous)
 
     @torch.no_grad()
     def values(self, sequences: SequenceBatch) -> torch.Tensor:
         """``[B, C]`` float32 values, without a graph: train with :meth:`backward`."""
         with self._active():
-            return self._values(sequences)
+            return self.scorer.values(sequences)
 
     def backward(
         self,
@@ -104,11 +111,12 @@ class Critic:
 
         The loss is the token mean over ``mask`` (``[B, C]``, the trained tokens) of
         ``0.5 * max((V - R)^2, (V_clip - R)^2)`` with ``V_clip`` within ``ppo.value_clip`` of
-        ``old_values``; pass ``weight`` = this micro-batch's share of the batch's tokens to
-        accumulate a batch mean. Gradients reach only the critic. Returns the loss's metrics.
+        ``old_values``; pass ``weight`` = this micro-batch's share of the whole batch's tokens
+        (over all processes) to accumulate a batch mean: the processes' gradients are summed.
+        Gradients reach only the critic. Returns the loss's metrics.
         """
         with self._active():
-            values = self._values(sequences)
+            values = self.scorer.values(sequences)
             loss, metrics = value_loss(
                 values, old_values, returns, mask.float(), clip_range_value=self.ppo.value_clip
             )
@@ -116,18 +124,9 @@ class Critic:
         return metrics
 
     def optimizer_step(self, max_grad_norm: float) -> float:
-        """Average gradients over processes, clip, step, zero; returns the norm before clipping."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            world = torch.distributed.get_world_size()
-            for p in self._params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                torch.distributed.all_reduce(p.grad)
-                p.grad /= world
-        norm = torch.nn.utils.clip_grad_norm_(self._params, max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        """Clip, step, zero; returns the norm before clipping. Under FSDP the gradients were
+        already summed over processes by the wrapper."""
+        return optimizer_step(self._params, self.optimizer, None, max_grad_norm)
 
     def state_dict(self) -> dict[str, Any]:
         """Adapter + head (or the whole critic model) and optimizer; loads with ``weights_only``."""
@@ -141,7 +140,9 @@ class Critic:
             state["model"] = self.body.model.state_dict()  # ``score``, the head, included
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], source: str = "critic state") -> None:
+        """Restore :meth:`state_dict`; missing or unexpected weights are an error naming
+        ``source``."""
         if self.adapter is not None:
             from peft import set_peft_model_state_dict
 
@@ -149,10 +150,17 @@ class Critic:
                 self.body.model, state["adapter"], adapter_name=self.adapter
             )
             if getattr(result, "unexpected_keys", None):
-                raise KeyError(f"critic adapter: unexpected keys {result.unexpected_keys[:5]}")
+                raise KeyError(
+                    f"{source}: unexpected critic adapter keys {result.unexpected_keys[:5]}"
+                )
             self.head.load_state_dict(state["head"])
         else:
-            self.body.model.load_state_dict(state["model"])
+            result = self.body.model.load_state_dict(state["model"], strict=False)
+            if result.missing_keys or result.unexpected_keys:
+                raise KeyError(
+                    f"{source}: critic weights missing {result.missing_keys[:3]}, "
+                    f"unexpected {result.unexpected_keys[:3]}"
+                )
         self.optimizer.load_state_dict(state["optimizer"])
 
 
@@ -166,15 +174,28 @@ def value_head(hidden_size: int, device: torch.device | str) -> nn.Linear:
 
 
 def build_critic(config: RLConfig, policy: Policy, device: torch.device | str) -> Critic:
-    """The critic PPO needs: a second LoRA adapter on ``policy.model`` under LoRA, else a copy."""
+    """The critic PPO needs, unsharded (see ``critic_scorer`` to shard it first)."""
+    scorer = critic_scorer(config, LogProbModel(policy), device)
+    return Critic(scorer, config, adapter=CRITIC_ADAPTER if config.model.lora.enabled else None)
+
+
+def critic_scorer(
+    config: RLConfig, policy_scorer: LogProbModel, device: torch.device | str
+) -> LogProbModel:
+    """What computes the critic's values. Under LoRA: ``policy_scorer`` itself, given a second
+    adapter and a value head (one module, so that one FSDP wrapper holds the shared base); with
+    full fine-tuning: a separate model with its own ``score`` head."""
     if config.model.lora.enabled:
-        return _lora_critic(config, policy, device)
-    return _full_critic(config, policy, device)
+        return _lora_critic(config, policy_scorer, device)
+    return _full_critic(config, policy_scorer.policy, device)
 
 
-def _lora_critic(config: RLConfig, policy: Policy, device: torch.device | str) -> Critic:
+def _lora_critic(
+    config: RLConfig, scorer: LogProbModel, device: torch.device | str
+) -> LogProbModel:
     from peft import LoraConfig
 
+    policy = scorer.policy
     model = policy.model
     if not hasattr(model, "peft_config"):
         raise TypeError(
@@ -197,20 +218,16 @@ def _lora_critic(config: RLConfig, policy: Policy, device: torch.device | str) -
         ),
     )
     model.set_adapter(policy_adapter)  # the policy's adapter trainable, the critic's frozen
-    marker = f".{CRITIC_ADAPTER}."
-    adapter_params = [p for name, p in model.named_parameters() if marker in name]
-    head = value_head(policy.base.config.text_config.hidden_size, device)
-    return Critic(
-        policy, head, [*adapter_params, *head.parameters()], config, adapter=CRITIC_ADAPTER
-    )
+    scorer.value_head = value_head(policy.base.config.text_config.hidden_size, device)
+    return scorer
 
 
-def _full_critic(config: RLConfig, policy: Policy, device: torch.device | str) -> Critic:
+def _full_critic(config: RLConfig, policy: Policy, device: torch.device | str) -> LogProbModel:
     from rollouts.value_model import StepAudio2ForSequenceClassification
 
     source = config.algorithm.ppo.critic_path or config.model.path
     model, info = StepAudio2ForSequenceClassification.from_pretrained(
-        source, num_labels=1, dtype=getattr(torch, config.model.dtype), output_loading_info=True
+        source, num_labels=1, dtype=torch.float32, output_loading_info=True
     )
     model.to(device)
     if "score.weight" in info["missing_keys"]:  # a policy checkpoint: no value head yet
@@ -220,7 +237,6 @@ def _full_critic(config: RLConfig, policy: Policy, device: torch.device | str) -
         for module in (model.encoder, model.adapter):
             module.requires_grad_(False)
     if config.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    return Critic(Policy(model, policy.processor), model.score, params, config)
+        enable_checkpointing(model)
+    disable_dropout(model.train())
+    return LogProbModel(Policy(model, policy.processor), value_head=model.score)

@@ -28,15 +28,30 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, track
-from transformers import get_scheduler
+from rich.progress import track
 
-from rlhf.config import DataConfig, ModelConfig, OptimConfig, RunConfig, load_config, save_config
+from rlhf.config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    load_config,
+    save_config,
+)
 from rlhf.data import grammar
 from rlhf.data.loading import load_split, row_to_sample
 from rlhf.data.stream import PromptStream
-from rlhf.metrics import MetricsLogger
-from rlhf.training import optimizer_step, prepare_model, save_pretrained
+from rlhf.distributed import shard
+from rlhf.metrics import MetricsLogger, StepProgress
+from rlhf.training import (
+    autocast,
+    build_optimizer,
+    compute_dtype,
+    optimizer_step,
+    prepare_model,
+    save_pretrained,
+)
 from rollouts.chat import AssistantTarget, render_completion
 from rollouts.processor import StepAudio2Processor
 from rollouts.types import PromptSample
@@ -163,10 +178,12 @@ def load_pairs(
 
 
 def load_reward_model(config: ModelConfig, device: torch.device) -> torch.nn.Module:
-    """The SFT checkpoint with a fresh one-output ``score`` head; LoRA adapters when enabled
-    (``score`` then trains in full, as peft's ``modules_to_save``)."""
+    """The SFT checkpoint with a fresh one-output ``score`` head, fp32 weights (``config.dtype``
+    is the compute dtype); LoRA adapters when enabled (``score`` then trains in full, as peft's
+    ``modules_to_save``)."""
+    compute_dtype(config)  # a bad dtype fails before the weights load
     model = StepAudio2ForSequenceClassification.from_pretrained(
-        config.path, num_labels=1, dtype=getattr(torch, config.dtype)
+        config.path, num_labels=1, dtype=torch.float32
     ).to(device)
     return prepare_model(model, config, modules_to_save=["score"])
 
@@ -177,13 +194,16 @@ def pair_rewards(
     pairs: list[PreferencePair],
     max_length: int,
     device: torch.device,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores of the chosen and the rejected completions, ``[n]`` each, in one forward pass."""
+    """Scores of the chosen and the rejected completions, ``[n]`` each, in one forward pass
+    computing in ``dtype``."""
     inputs = preference_inputs(
         processor, [p.sample for p in pairs], [(p.chosen, p.rejected) for p in pairs], max_length
     )
     inputs = {k: v.to(device) for k, v in inputs.items() if v is not None}
-    scores = model(**inputs).logits[:, 0].float().view(len(pairs), 2)
+    with autocast(dtype, device):
+        scores = model(**inputs).logits[:, 0].float().view(len(pairs), 2)
     return scores[:, 0], scores[:, 1]
 
 
@@ -215,18 +235,26 @@ class RewardModelTrainer:
             seed=config.run.seed,
             shuffle=config.data.shuffle,
         )
+        self.compute_dtype = compute_dtype(config.model)
         self.model = load_reward_model(config.model, self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            if config.batch_size % self.accelerator.num_processes:
+                raise ConfigError(
+                    f"batch_size: {config.batch_size} pairs do not split evenly over "
+                    f"{self.accelerator.num_processes} processes"
+                )
+            shard(self.model, config.run.distributed, self.accelerator.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=config.optim.lr, weight_decay=config.optim.weight_decay
+        self.optimizer, self.scheduler = build_optimizer(
+            self.params, config.optim, config.run.steps
         )
-        self.scheduler = get_scheduler(
-            config.optim.lr_scheduler,
-            self.optimizer,
-            num_warmup_steps=config.optim.warmup_steps,
-            num_training_steps=config.run.steps,
+        self.logger = MetricsLogger(
+            self.run_dir,
+            config.run.report_to,
+            config=config,
+            project=config.run.project,
+            main_process=self.is_main,
         )
-        self.logger = MetricsLogger(self.run_dir, config.run.report_to) if self.is_main else None
         self.global_step = 0
 
     @property
@@ -245,11 +273,11 @@ class RewardModelTrainer:
         for start in range(0, len(mine), size):
             part = mine[start : start + size]
             chosen, rejected = pair_rewards(
-                self.model, self.processor, part, cfg.max_length, acc.device
+                self.model, self.processor, part, cfg.max_length, acc.device, self.compute_dtype
             )
             loss = bradley_terry_loss(chosen, rejected).sum()
-            # gradients of the mean over the whole batch, once averaged across processes
-            acc.backward(loss * acc.num_processes / len(batch))
+            # the mean over the whole batch: the processes' gradients are summed
+            acc.backward(loss / len(batch))
             margin = (chosen - rejected).detach()
             sums += torch.stack([loss.detach(), (margin > 0).float().sum(), margin.sum()])
         grad_norm = self._optimizer_step()
@@ -269,11 +297,7 @@ class RewardModelTrainer:
 
     def _optimizer_step(self) -> float:
         return optimizer_step(
-            self.params,
-            self.optimizer,
-            self.scheduler,
-            self.accelerator,
-            self.config.optim.max_grad_norm,
+            self.params, self.optimizer, self.scheduler, self.config.optim.max_grad_norm
         )
 
     @torch.no_grad()
@@ -285,7 +309,12 @@ class RewardModelTrainer:
         for start in range(0, len(pairs), size):
             part = pairs[start : start + size]
             chosen, rejected = pair_rewards(
-                self.model, self.processor, part, self.config.max_length, self.accelerator.device
+                self.model,
+                self.processor,
+                part,
+                self.config.max_length,
+                self.accelerator.device,
+                self.compute_dtype,
             )
             margins += (chosen - rejected).tolist()
             kinds += [p.kind for p in part]
@@ -306,30 +335,23 @@ class RewardModelTrainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
-        columns = (
-            TextColumn("[bold]reward model[/] step {task.completed}/{task.total}"),
-            BarColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-        )
         history = []
-        with Progress(*columns, disable=not self.is_main) as progress:
-            task = progress.add_task("rm", total=cfg.run.steps, status="")
+        with StepProgress(
+            "reward model", cfg.run.steps, every=cfg.run.progress_every, enabled=self.is_main
+        ) as progress:
             while self.global_step < cfg.run.steps:
                 metrics = self.step()
                 history.append(metrics)
-                if self.logger is not None:
-                    self.logger.log(self.global_step, metrics)
-                status = f"loss {metrics['loss']:.3f} acc {metrics['accuracy']:.2f}"
-                progress.update(task, completed=self.global_step, status=status)
+                self.logger.log(self.global_step, metrics)
+                values = {"loss": metrics["loss"], "accuracy": metrics["accuracy"]}
+                progress.update(self.global_step, values)
         if cfg.eval_pairs and self.is_main:
             evaluation = self.evaluate_split(cfg.data.eval_split)
             if evaluation is not None:
                 (self.run_dir / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
                 self.logger.log(self.global_step, {"eval": evaluation})
         self.save_final(self.run_dir / "final")
-        if self.logger is not None:
-            self.logger.close()
+        self.logger.close()
         return history
 
     def evaluate_split(self, split: str) -> dict[str, Any] | None:
@@ -356,7 +378,9 @@ class RewardModelTrainer:
     def save_final(self, path: Path) -> Path:
         """A plain ``from_pretrained`` checkpoint (LoRA merged) with its processor: what the
         ``reward_model`` reward loads."""
-        return save_pretrained(self.model, self.processor, path, self.accelerator)
+        return save_pretrained(
+            self.model, self.processor, path, self.accelerator, self.config.model
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

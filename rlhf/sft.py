@@ -8,7 +8,9 @@ TA4 answer as ``train_on`` says, never the prompt, padding or tool outputs.
 
 The loss is the mean negative log-likelihood over the labelled tokens of a step, computed with
 ``Policy.logprobs``: the same chunked LM-head path RL uses, so SFT and RL agree on what a
-log-prob is and no ``[B, T, V]`` logits are materialised.
+log-prob is and no ``[B, T, V]`` logits are materialised. As in RL, the weights and AdamW state
+are fp32 and ``model.dtype`` is the compute dtype (autocast); with several processes the model is
+sharded (``run.distributed``) and its ``LogProbModel`` is what the wrapper holds.
 """
 
 from __future__ import annotations
@@ -22,23 +24,23 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-    track,
-)
-from transformers import get_scheduler
+from rich.progress import track
 
 from rlhf.config import DataConfig, SFTConfig, save_config
 from rlhf.data.loading import load_split, row_to_sample
 from rlhf.data.stream import PromptStream
-from rlhf.metrics import MetricsLogger
-from rlhf.training import load_policy, optimizer_step, save_pretrained
+from rlhf.distributed import shard
+from rlhf.metrics import MetricsLogger, StepProgress
+from rlhf.training import (
+    autocast,
+    build_optimizer,
+    compute_dtype,
+    load_policy,
+    optimizer_step,
+    save_pretrained,
+)
 from rollouts.chat import IGNORE_INDEX, AssistantTarget
-from rollouts.policy import SequenceBatch
+from rollouts.policy import LogProbModel, SequenceBatch
 from rollouts.types import PromptSample
 
 
@@ -106,8 +108,12 @@ class SFTTrainer:
         set_seed(config.run.seed)
 
         self.examples = load_examples(config.data)
+        self.compute_dtype = compute_dtype(config.model)
         self.policy = load_policy(config.model, self.accelerator.device)
         self.model = self.policy.model
+        self.scorer = LogProbModel(self.policy)
+        if self.accelerator.num_processes > 1:
+            shard(self.scorer, config.run.distributed, self.accelerator.device)
         # One step: a micro-batch on every process; their gradients are summed (see step).
         self.batch_size = config.optim.micro_batch_size * self.accelerator.num_processes
         self.steps = config.run.steps
@@ -121,19 +127,15 @@ class SFTTrainer:
         )
 
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            trainable, lr=config.optim.lr, weight_decay=config.optim.weight_decay
+        self.optimizer, self.scheduler = build_optimizer(trainable, config.optim, self.steps)
+        self.logger = MetricsLogger(
+            self.run_dir,
+            config.run.report_to,
+            config=config,
+            project=config.run.project,
+            main_process=self.is_main,
         )
-        self.scheduler = get_scheduler(
-            config.optim.lr_scheduler,
-            self.optimizer,
-            num_warmup_steps=config.optim.warmup_steps,
-            num_training_steps=self.steps,
-        )
-        self.logger = None
-        if self.is_main:
-            self.logger = MetricsLogger(self.run_dir, config.run.report_to)
-            self.logger.truncate_after(0)  # a fresh run (SFT does not resume)
+        self.logger.truncate_after(0)  # a fresh run (SFT does not resume)
         self.global_step = 0
 
     @property
@@ -150,19 +152,19 @@ class SFTTrainer:
             [e.sample for e in mine], [e.target for e in mine], self.config.train_on
         )
         sequences = sequence_batch(batch).to(self.accelerator.device)
-        logprobs, _ = self.policy.logprobs(sequences, chunk_size=self.config.run.logprob_chunk_size)
+        with autocast(self.compute_dtype, self.accelerator.device):
+            logprobs, _ = self.scorer(sequences, chunk_size=self.config.run.logprob_chunk_size)
         mask = sequences.completion_mask.float()
         nll = -(logprobs * mask).sum()
-        # token mean over the whole step: each process divides by the tokens of all of them
+        # token mean over the whole step: each process divides by the tokens of all of them, and
+        # the processes' gradients are summed
         tokens = self._sum(mask.sum().detach())
         self.accelerator.backward(nll / tokens.clamp(min=1))
         grad_norm = optimizer_step(
             [p for p in self.model.parameters() if p.requires_grad],
             self.optimizer,
             self.scheduler,
-            self.accelerator,
             self.config.optim.max_grad_norm,
-            reduce="sum",
         )
         self.global_step += 1
         loss = float(self._sum(nll.detach()) / tokens.clamp(min=1))
@@ -186,30 +188,20 @@ class SFTTrainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.config, self.run_dir / "config.yaml")
-        columns = (
-            TextColumn("[bold]SFT[/] step {task.completed}/{task.total}"),
-            BarColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
         history = []
-        with Progress(*columns, disable=not self.is_main) as progress:
-            task = progress.add_task("sft", total=self.steps, status="")
+        every = self.config.run.progress_every
+        with StepProgress("SFT", self.steps, every=every, enabled=self.is_main) as progress:
             while self.global_step < self.steps:
                 metrics = self.step()
                 history.append(metrics)
-                if self.logger is not None:
-                    self.logger.log(self.global_step, metrics)
-                progress.update(
-                    task, completed=self.global_step, status=f"loss {metrics['loss']:.3f}"
-                )
+                self.logger.log(self.global_step, metrics)
+                progress.update(self.global_step, {"loss": metrics["loss"]})
         self.save_final(self.run_dir / "final")
-        if self.logger is not None:
-            self.logger.close()
+        self.logger.close()
         return history
 
     def save_final(self, path: Path) -> Path:
         """A plain ``from_pretrained`` checkpoint (LoRA merged in) with its processor."""
-        return save_pretrained(self.model, self.policy.processor, path, self.accelerator)
-
+        return save_pretrained(
+            self.model, self.policy.processor, path, self.accelerator, self.config.model
+        )

@@ -4,11 +4,16 @@
 generation, by the engine) → group selection → log-probs → advantages → policy (and critic)
 update → weight sync. Everything around it (setup, batching, checkpoints) is in helpers below.
 
+Precision: fp32 weights and AdamW state, forward and backward under autocast in ``model.dtype``.
+The local engine generates with the trained model itself only when that is fp32 compute and
+unsharded; otherwise it holds an unsharded copy in ``model.dtype`` on the main process, synced
+with (gathered) weights after each update, like a remote engine.
+
 Multi-process training (``accelerate launch``): the main process alone talks to the rollout
-engine and broadcasts the rollouts; each process trains on its shard of the micro-batches and
-gradients are averaged explicitly before each optimizer step. We average by hand rather than
-wrapping the model in DDP because the chunked log-prob path calls the decoder and LM head
-directly, which DDP's forward hooks would not see.
+engine and broadcasts the rollouts; each process trains on its share of the micro-batches (the
+same number on each: FSDP's collectives need every process in every forward). The policy, the
+reference and the critic are sharded with FSDP2 (``run.distributed``), which reduces gradients;
+log-probs and values run inside ``LogProbModel``'s forward so that the wrapper sees them.
 """
 
 from __future__ import annotations
@@ -22,8 +27,6 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from transformers import get_scheduler
 
 from rewards import RewardRunner, RewardSpec
 from rlhf.algorithms import final_token_rewards, gae, group_advantages, kl_penalty, policy_loss
@@ -38,10 +41,21 @@ from rlhf.checkpoint import (
 from rlhf.config import RLConfig, save_config
 from rlhf.data.loading import load_split, row_to_sample
 from rlhf.data.stream import PromptStream
-from rlhf.metrics import MetricsLogger, Timer
-from rlhf.training import load_policy, optimizer_step, save_pretrained
+from rlhf.distributed import load_sharded, save_sharded, shard
+from rlhf.learning_signal import LearningSignalWatchdog
+from rlhf.metrics import MetricsLogger, StepMetrics, StepProgress, Timer, explained_variance
+from rlhf.training import (
+    autocast,
+    build_optimizer,
+    compute_dtype,
+    disable_dropout,
+    load_policy,
+    optimizer_step,
+    prepare_model,
+    save_pretrained,
+)
 from rollouts.engine import LocalEngine, sample_seed
-from rollouts.policy import Policy, SequenceBatch
+from rollouts.policy import LogProbModel, Policy, SequenceBatch
 from rollouts.types import PromptSample, Rollout, SamplingParams
 from rollouts.weights import policy_state, state_bytes
 
@@ -63,6 +77,7 @@ class MicroBatch:
     values: torch.Tensor | None = None  # [b, C], PPO
     returns: torch.Tensor | None = None  # [b, C], PPO
     advantages: torch.Tensor | None = None
+    filler: bool = False  # a stand-in with nothing to train, so every process runs as many
 
 
 def reward_specs(entries: list[dict[str, Any]]) -> list[RewardSpec]:
@@ -78,29 +93,38 @@ class RLTrainer:
         set_seed(config.run.seed, deterministic=config.run.deterministic)
         acfg = config.algorithm
 
-        self.policy = load_policy(config.model, self.accelerator.device)
-        self.model = self.policy.model
+        device = self.accelerator.device
+        self.compute_dtype = compute_dtype(config.model)
+        self.policy = load_policy(config.model, device)
+        self.model = disable_dropout(self.policy.model)
+        self.scorer = LogProbModel(self.policy)
         self.lora = config.model.lora.enabled
-        # The reference: with LoRA, the same base with adapters disabled; otherwise a frozen copy.
-        self.reference: Policy | None = None
+        # The reference: with LoRA, the same base with adapters disabled; otherwise the starting
+        # checkpoint loaded again (sharded like the policy, never a copy of the policy's memory).
+        self.reference: LogProbModel | None = None
         if acfg.beta > 0 and not self.lora:
-            frozen = copy.deepcopy(self.model).eval().requires_grad_(False)
-            self.reference = Policy(frozen, self.policy.processor)
-        self.critic = None
+            reference = Policy.from_pretrained(config.model.path, device=str(device))
+            reference.model.eval().requires_grad_(False)
+            self.reference = LogProbModel(reference)
+        critic_scorer = None
         if acfg.name == "ppo":
-            from rlhf.critic import build_critic
+            from rlhf.critic import critic_scorer as build_critic_scorer
 
-            self.critic = build_critic(config, self.policy, self.accelerator.device)
+            critic_scorer = build_critic_scorer(config, self.scorer, device)
+        # FSDP2 replaces the parameters: optimizers are built after sharding.
+        self.sharded = self.accelerator.num_processes > 1
+        if self.sharded:
+            for module in dict.fromkeys((self.scorer, self.reference, critic_scorer)):
+                if module is not None:
+                    shard(module, config.run.distributed, device)
+        self.critic = None
+        if critic_scorer is not None:
+            from rlhf.critic import CRITIC_ADAPTER, Critic
 
+            self.critic = Critic(critic_scorer, config, CRITIC_ADAPTER if self.lora else None)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            trainable, lr=config.optim.lr, weight_decay=config.optim.weight_decay
-        )
-        self.scheduler = get_scheduler(
-            config.optim.lr_scheduler,
-            self.optimizer,
-            num_warmup_steps=config.optim.warmup_steps,
-            num_training_steps=config.run.steps * acfg.num_iterations,
+        self.optimizer, self.scheduler = build_optimizer(
+            trainable, config.optim, config.run.steps * acfg.num_iterations
         )
 
         dataset = load_split(config.data)
@@ -111,10 +135,30 @@ class RLTrainer:
             seed=config.run.seed,
             shuffle=config.data.shuffle,
         )
+        # The local engine generates with the trained model itself when it is unsharded fp32;
+        # else it holds its own unsharded copy in the compute dtype, synced after each update.
+        local = config.rollout.engine == "local"
+        self.shares_weights = local and not self.sharded and self.compute_dtype == torch.float32
         self.engine = None
         if self.accelerator.is_main_process:
-            self.engine = build_engine(config, self.policy, reward_specs(config.rewards))
-        self.logger = MetricsLogger(self.run_dir, config.run.report_to)
+            self.engine = build_engine(
+                config,
+                self.policy if self.shares_weights else engine_policy(config, device),
+                reward_specs(config.rewards),
+                shares_weights=self.shares_weights,
+            )
+        if local and not self.shares_weights:
+            self.sync_weights(version=0)  # a LoRA adapter starts random: the engine needs it
+        self.logger = MetricsLogger(
+            self.run_dir,
+            config.run.report_to,
+            config=config,
+            project=config.run.project,
+            main_process=self.accelerator.is_main_process,
+        )
+        self.watchdog = LearningSignalWatchdog(
+            config.run.max_steps_without_signal, mask_truncated=acfg.mask_truncated
+        )
         self.global_step = 0
 
     # ------------------------------------------------------------------ the RL step
@@ -140,6 +184,7 @@ class RLTrainer:
             generated += new
             rollouts += self.select_groups(new)
         selection_metrics = {
+            "groups_kept": len({r.group for r in rollouts}),
             "groups_kept_fraction": len(rollouts) / len(generated),
             "prompts_generated": len(samples),
         }
@@ -163,6 +208,8 @@ class RLTrainer:
         else:
             self.gae_advantages(micro_batches, rewards)
 
+        batch_metrics = self.batch_metrics(micro_batches)
+
         # 5. Policy (and critic) update: num_iterations optimizer steps over the batch.
         with timer("update"):
             update_metrics = self.update(micro_batches)
@@ -178,12 +225,16 @@ class RLTrainer:
             **engine_metrics,
             "time": {**engine_metrics.get("time", {}), **timer.seconds, "step": total_seconds},
             **selection_metrics,
+            **batch_metrics,
             **update_metrics,
             **rollout_metrics(generated),  # what the policy does, before any group is dropped
             "tokens_per_second": tokens / max(timer.seconds.get("generation", 0.0), 1e-9),
             "sync_bytes": sync_bytes,
             "lr": self.scheduler.get_last_lr()[0],
         }
+        every = cfg.run.log_samples_every
+        if every and self.global_step % every == 0:
+            self.logger.log_samples(self.global_step, sample_rows(generated))
         return metrics
 
     # ------------------------------------------------------------------ stages
@@ -225,14 +276,21 @@ class RLTrainer:
     def micro_batches(
         self, samples: list[PromptSample], rollouts: list[Rollout]
     ) -> list[MicroBatch]:
-        """This process's shard of micro-batches, with what must be computed before updating."""
+        """This process's share of micro-batches, with what must be computed before updating.
+
+        Every process gets as many: one short of micro-batches repeats the first with nothing to
+        train (``filler``), since a sharded model's forward is a collective of all processes.
+        """
         cfg, acfg = self.config, self.config.algorithm
         device = self.accelerator.device
         by_id = {s.id: s for s in samples}
         size = cfg.optim.micro_batch_size
+        world = self.accelerator.num_processes
         starts = list(range(0, len(rollouts), size))
+        mine = starts[self.accelerator.process_index :: world]
+        fillers = math.ceil(len(starts) / world) - len(mine)
         batches = []
-        for start in starts[self.accelerator.process_index :: self.accelerator.num_processes]:
+        for start, filler in [(s, False) for s in mine] + [(0, True)] * fillers:
             part = rollouts[start : start + size]
             # a group's clip encoded once; raises if a rollout's prompt lost or gained a clip
             sequences = self.policy.rollout_batch(by_id, part)
@@ -241,7 +299,7 @@ class RLTrainer:
             behaviour = torch.zeros(len(part), width)
             for i, r in enumerate(part):
                 truncated = acfg.mask_truncated and r.finish_reason == "length"
-                if r.reward is not None and not truncated:
+                if r.reward is not None and not truncated and not filler:
                     loss_mask[i, : len(r.loss_mask)] = torch.tensor(r.loss_mask, dtype=torch.float)
                 behaviour[i, : len(r.logprobs)] = torch.tensor(r.logprobs)
             batches.append(
@@ -250,6 +308,7 @@ class RLTrainer:
                     sequences,
                     loss_mask.to(device),
                     behaviour.to(device),
+                    filler=filler,
                 )
             )
         with torch.no_grad():
@@ -310,25 +369,21 @@ class RLTrainer:
         cfg, acfg = self.config, self.config.algorithm
         totals = self.normalisers(micro_batches)
         train_policy = self.critic is None or self.global_step >= acfg.ppo.critic_warmup_steps
-        sums: dict[str, float] = {}
-
-        def record(stats: dict[str, float]) -> None:
-            for key, value in stats.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
+        # per-token statistics weighted by each micro-batch's trained tokens; loss shares add up
+        step_metrics = StepMetrics()
 
         grad_norms, critic_norms = [], []
         for _ in range(acfg.num_iterations):
             for mb in micro_batches:
                 if self.critic is not None:
-                    record(
-                        self.critic.backward(
-                            mb.sequences,
-                            mb.values,
-                            mb.returns,
-                            mb.loss_mask,
-                            weight=float(mb.loss_mask.sum()) / totals["tokens"],
-                        )
+                    critic_stats = self.critic.backward(
+                        mb.sequences,
+                        mb.values,
+                        mb.returns,
+                        mb.loss_mask,
+                        weight=float(mb.loss_mask.sum()) / totals["tokens"],
                     )
+                    step_metrics.mean(critic_stats, weight=float(mb.loss_mask.sum()))
                 if not train_policy:
                     continue
                 logprobs, entropy = self.logprobs(mb.sequences, with_entropy=True)
@@ -353,52 +408,64 @@ class RLTrainer:
                     total_sequences=totals["rows"],
                 )
                 self.accelerator.backward(loss)
+                tokens = mb.loss_mask.sum()
                 mismatch = (logprobs.detach() - mb.behaviour_logprobs).abs() * mb.loss_mask
-                stats["logprob_mismatch"] = float(mismatch.sum() / mb.loss_mask.sum().clamp(min=1))
-                stats["loss"] = loss.item()
-                record(stats)
+                stats["logprob_mismatch"] = float(mismatch.sum() / tokens.clamp(min=1))
+                # approx_kl: 0.5 (log π - log π_old)² per trained token (TRL's PPO estimator),
+                # against the policy that sampled (num_iterations 1) or the step's old policy
+                behaviour = mb.old_logprobs if acfg.num_iterations > 1 else mb.behaviour_logprobs
+                drift = (logprobs.detach() - behaviour) * mb.loss_mask
+                stats["approx_kl"] = float(0.5 * drift.square().sum() / tokens.clamp(min=1))
+                step_metrics.maximum({"ratio_max": stats.pop("ratio_max")})
+                shares = {"loss": loss.item(), "policy_loss": stats.pop("policy_loss")}
+                step_metrics.total(shares, scale=1 / acfg.num_iterations)
+                step_metrics.mean(stats, weight=float(tokens))
             if self.critic is not None:
                 critic_norms.append(self.critic.optimizer_step(cfg.optim.max_grad_norm))
             if train_policy:
                 grad_norms.append(self.optimizer_step())
-        count = max(len(micro_batches) * acfg.num_iterations, 1)
-        metrics = {key: value / count for key, value in sums.items()}
-        # the batch loss is the sum of its micro-batch parts
-        metrics["loss"] = sums.get("loss", 0.0) / acfg.num_iterations
+        if micro_batches:
+            step_metrics.mean({"audio_sensitivity": self.audio_sensitivity(micro_batches[0])})
+        metrics = step_metrics.reduce(self.accelerator)  # over micro-batches and processes
         if grad_norms:
             metrics["grad_norm"] = sum(grad_norms) / len(grad_norms)
         if critic_norms:
             metrics["critic_grad_norm"] = sum(critic_norms) / len(critic_norms)
-        if micro_batches:
-            metrics["audio_sensitivity"] = self.audio_sensitivity(micro_batches[0])
         return metrics
 
-    def sync_weights(self) -> int:
-        """Send the new weights (adapter only under LoRA) to the engine; returns bytes sent."""
-        if not self.accelerator.is_main_process or self.engine.shares_weights:
+    def sync_weights(self, version: int | None = None) -> int:
+        """Send the new weights (adapter only under LoRA) to the engine; returns bytes sent.
+        Sharded weights are gathered whole first, by every process."""
+        if self.shares_weights:
             return 0
         state = policy_state(self.model)
-        self.engine.update_weights(state, version=self.global_step + 1)
+        if not self.accelerator.is_main_process:
+            return 0
+        version = self.global_step + 1 if version is None else version
+        self.engine.update_weights(state, version=version)
         return state_bytes(state)
 
     # ------------------------------------------------------------------ helpers
     def logprobs(
-        self, sequences: SequenceBatch, with_entropy: bool = False
+        self,
+        sequences: SequenceBatch,
+        with_entropy: bool = False,
+        scorer: LogProbModel | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.policy.logprobs(
-            sequences,
-            temperature=self.config.rollout.sampling.temperature or 1.0,
-            chunk_size=self.config.run.logprob_chunk_size,
-            with_entropy=with_entropy,
-        )
+        """The policy's (or ``scorer``'s) log-probs, in the compute dtype."""
+        with autocast(self.compute_dtype, self.accelerator.device):
+            return (scorer or self.scorer)(
+                sequences,
+                temperature=self.config.rollout.sampling.temperature or 1.0,
+                chunk_size=self.config.run.logprob_chunk_size,
+                with_entropy=with_entropy,
+            )
 
     def reference_logprobs(self, sequences: SequenceBatch) -> torch.Tensor:
-        chunk = self.config.run.logprob_chunk_size
-        temperature = self.config.rollout.sampling.temperature or 1.0
         if self.reference is not None:
-            return self.reference.logprobs(sequences, temperature=temperature, chunk_size=chunk)[0]
+            return self.logprobs(sequences, scorer=self.reference)[0]
         with self.model.disable_adapter():
-            return self.policy.logprobs(sequences, temperature=temperature, chunk_size=chunk)[0]
+            return self.logprobs(sequences)[0]
 
     @torch.no_grad()
     def audio_sensitivity(self, mb: MicroBatch) -> float:
@@ -415,12 +482,34 @@ class RLTrainer:
         mask = mb.sequences.completion_mask.float()
         return float(((with_audio - without).abs() * mask).sum() / mask.sum().clamp(min=1))
 
+    def batch_metrics(self, micro_batches: list[MicroBatch]) -> dict[str, float]:
+        """What the update will learn from, over all processes: trained tokens, the largest
+        |advantage| on them (0: nothing to learn) and, with a critic, its explained variance."""
+        stats = StepMetrics()
+        for mb in micro_batches:
+            trained = mb.loss_mask.bool()
+            advantages = mb.advantages if mb.advantages.dim() == 2 else mb.advantages[:, None]
+            largest = torch.where(trained, advantages.abs(), 0.0).max() if trained.any() else 0.0
+            stats.total({"trained_tokens": float(mb.loss_mask.sum())})
+            stats.maximum({"advantage_abs_max": float(largest)})
+            if mb.values is not None:
+                returns = torch.where(trained, mb.returns, 0.0).float()
+                residual = torch.where(trained, mb.returns - mb.values, 0.0).float()
+                parts = (trained.sum(), returns.sum(), returns.square().sum())
+                parts += (residual.sum(), residual.square().sum())
+                stats.total({f"ev{i}": float(x) for i, x in enumerate(parts)})
+        reduced = stats.reduce(self.accelerator)
+        sums = [reduced.pop(f"ev{i}", 0.0) for i in range(5)]
+        if self.critic is not None:
+            reduced["explained_variance"] = explained_variance(sums)
+        return reduced
+
     def normalisers(self, micro_batches: list[MicroBatch]) -> dict[str, float]:
         """Trained tokens and sequences of the whole batch, over all processes."""
         local = torch.tensor(
             [
                 sum(float(mb.loss_mask.sum()) for mb in micro_batches),
-                sum(len(mb.loss_mask) for mb in micro_batches),
+                sum(len(mb.loss_mask) for mb in micro_batches if not mb.filler),
             ],
             device=self.accelerator.device,
         )
@@ -436,12 +525,7 @@ class RLTrainer:
         # each process's loss is normalised by whole-batch counts, so the shards' gradients add up
         params = [p for p in self.model.parameters() if p.requires_grad]
         return optimizer_step(
-            params,
-            self.optimizer,
-            self.scheduler,
-            self.accelerator,
-            self.config.optim.max_grad_norm,
-            reduce="sum",
+            params, self.optimizer, self.scheduler, self.config.optim.max_grad_norm
         )
 
     # ------------------------------------------------------------------ run, save, resume
@@ -454,24 +538,21 @@ class RLTrainer:
             save_config(cfg, self.run_dir / "config.yaml")
             self.logger.truncate_after(self.global_step)
         history = []
-        columns = (
-            TextColumn("[bold]RL[/] step {task.completed}/{task.total}"),
-            BarColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, disable=not self.accelerator.is_main_process) as progress:
-            task = progress.add_task(
-                "rl", total=cfg.run.steps, completed=self.global_step, status=""
-            )
+        with StepProgress(
+            "RL",
+            cfg.run.steps,
+            completed=self.global_step,
+            every=cfg.run.progress_every,
+            enabled=self.accelerator.is_main_process,
+        ) as progress:
             while self.global_step < cfg.run.steps:
                 metrics = self.step()
                 history.append(metrics)
-                if self.accelerator.is_main_process:
-                    self.logger.log(self.global_step, metrics)
-                reward = metrics.get("reward_total", {}).get("mean", math.nan)
-                progress.update(task, completed=self.global_step, status=f"reward {reward:.3f}")
+                self.logger.log(self.global_step, metrics)
+                reward = metrics.get("reward_total", {}).get("mean")
+                accuracy = metrics.get("accuracy")
+                progress.update(self.global_step, {"reward": reward, "accuracy": accuracy})
+                self.watchdog.observe(self.global_step, metrics)  # stops a run that cannot learn
                 if cfg.run.save_every and self.global_step % cfg.run.save_every == 0:
                     self.save()
         if self.global_step % max(cfg.run.save_every, 1) != 0:
@@ -482,19 +563,34 @@ class RLTrainer:
         return history
 
     def trainer_state(self) -> dict[str, Any]:
+        """What ``trainer_state.pt`` holds; the optimizers' and critic's states only when
+        unsharded (else they are in the sharded ``state/``)."""
+        state = {"scheduler": self.scheduler.state_dict(), "prompts": self.prompts.state_dict()}
+        if not self.sharded:
+            state["optimizer"] = self.optimizer.state_dict()
+            state["critic"] = self.critic.state_dict() if self.critic is not None else None
+        return state
+
+    def sharded_parts(self) -> dict[str, tuple[torch.nn.Module, list[torch.optim.Optimizer]]]:
+        """The sharded checkpoint's parts: each trained module and the optimizers over it."""
+        if self.critic is None:
+            return {"policy": (self.scorer, [self.optimizer])}
+        if self.critic.scorer is self.scorer:  # LoRA: one module, two adapters
+            return {"policy": (self.scorer, [self.optimizer, self.critic.optimizer])}
         return {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "prompts": self.prompts.state_dict(),
-            "critic": self.critic.state_dict() if self.critic is not None else None,
+            "policy": (self.scorer, [self.optimizer]),
+            "critic": (self.critic.scorer, [self.critic.optimizer]),
         }
 
     def save(self) -> Path:
         """This step's checkpoint; every process takes part."""
 
         def write(folder: Path) -> None:
-            if self.accelerator.is_main_process:
+            if self.sharded:
+                save_sharded(folder, self.sharded_parts())  # each process its shards
+            elif self.accelerator.is_main_process:
                 self.model.save_pretrained(folder)
+            if self.accelerator.is_main_process:
                 self.policy.processor.save_pretrained(folder)
                 state = {**self.trainer_state(), "step": self.global_step}
                 torch.save(state, folder / TRAINER_STATE)
@@ -516,35 +612,78 @@ class RLTrainer:
         """Restore weights, optimizer, scheduler, data position, step and RNG from a checkpoint."""
         # verified: intact, of this run (else the newest intact one, or an error)
         checkpoint = find_checkpoint(self.run_dir, self.identity(), checkpoint)
-        from safetensors.torch import load_file
-
-        if self.lora:
-            from peft import set_peft_model_state_dict
-
-            set_peft_model_state_dict(
-                self.model, load_file(checkpoint / "adapter_model.safetensors")
-            )
-        else:
-            state = {}
-            for shard in sorted(checkpoint.glob("*.safetensors")):
-                state.update(load_file(shard))
-            self.model.load_state_dict(state, strict=False)
         state = load_trainer_state(checkpoint, self.accelerator.process_index)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            load_sharded(checkpoint, self.sharded_parts())
+        else:
+            load_weights(self.model, checkpoint)
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.critic is not None:
+                self.critic.load_state_dict(state["critic"], source=str(checkpoint))
         self.scheduler.load_state_dict(state["scheduler"])
         self.prompts.load_state_dict(state["prompts"])
-        if self.critic is not None and state.get("critic") is not None:
-            self.critic.load_state_dict(state["critic"])
         self.global_step = int(state["step"])
-        if self.engine is not None and not self.engine.shares_weights:
-            self.engine.update_weights(policy_state(self.model), version=self.global_step)
+        self.sync_weights(version=self.global_step)
 
     def save_final(self, path: Path) -> None:
         """A plain ``from_pretrained`` checkpoint (LoRA merged) for eval and the next stage."""
-        save_pretrained(self.model, self.policy.processor, path, self.accelerator)
+        save_pretrained(
+            self.model, self.policy.processor, path, self.accelerator, self.config.model
+        )
+
+
+def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    """Load what ``save_pretrained`` wrote into ``checkpoint`` (the adapter alone under LoRA).
+    Every weight the run trains must be there and nothing else: a missing or unexpected tensor
+    is an error naming the checkpoint, never a silent partial restore."""
+    from safetensors.torch import load_file
+
+    from rlhf.checkpoint import CheckpointError
+
+    state = {}
+    for file in sorted(checkpoint.glob("*.safetensors")):
+        state.update(load_file(file))
+    if hasattr(model, "peft_config"):
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+        wanted = set(get_peft_model_state_dict(model))
+        missing, unexpected = sorted(wanted - set(state)), sorted(set(state) - wanted)
+        if not missing and not unexpected:
+            set_peft_model_state_dict(model, state)
+    else:
+        result = model.load_state_dict(state, strict=False)
+        missing, unexpected = result.missing_keys, result.unexpected_keys
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{checkpoint}: the saved weights do not fit this run's model: missing "
+            f"{missing[:3]}{' ...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+        )
+
+
+def engine_policy(config: RLConfig, device: torch.device | str) -> Policy:
+    """The local engine's own copy of the policy when the trained one is sharded: unsharded, in
+    the compute dtype, with the same LoRA adapter (its weights arrive by ``sync_weights``)."""
+    policy = Policy.from_pretrained(config.model.path, dtype=config.model.dtype, device=str(device))
+    untrained = replace(config.model, gradient_checkpointing=False)
+    policy.model = prepare_model(policy.model, untrained).eval()
+    return policy
 
 
 ACCURACY_REWARDS = ("accuracy", "paralinguistic")
+
+
+def sample_rows(rollouts: list[Rollout]) -> list[dict[str, Any]]:
+    """The completions of a step as rows of the samples table."""
+    return [
+        {
+            "prompt_id": r.prompt_id,
+            "think": r.think,
+            "answer": r.answer,
+            "rewards": r.rewards,
+            "total": r.reward,
+        }
+        for r in rollouts
+    ]
 
 
 def rollout_metrics(rollouts: list[Rollout]) -> dict[str, Any]:
@@ -577,7 +716,9 @@ def rollout_metrics(rollouts: list[Rollout]) -> dict[str, Any]:
     }
 
 
-def build_engine(config: RLConfig, policy: Policy, reward_specs: list[RewardSpec]):
+def build_engine(
+    config: RLConfig, policy: Policy, reward_specs: list[RewardSpec], shares_weights: bool = True
+):
     rcfg = config.rollout
     if rcfg.engine == "local":
         return LocalEngine(
@@ -585,7 +726,7 @@ def build_engine(config: RLConfig, policy: Policy, reward_specs: list[RewardSpec
             RewardRunner(reward_specs),
             batch_size=rcfg.batch_size,
             train_on=rcfg.train_on,
-            shares_weights=True,
+            shares_weights=shares_weights,
         )
     if rcfg.engine == "ray":
         from rollouts.ray_pool import RayEngine, connect

@@ -203,9 +203,9 @@ class Policy:
         run in the autocast dtype; log-softmax and entropy are accumulated in fp32.
         """
         hidden = self.hidden_states(batch)
-        positions, selected = completion_positions(batch, hidden.shape[1])
-        rows = torch.arange(len(positions), device=hidden.device)[:, None].expand_as(positions)
-        flat_hidden = hidden[rows[selected], positions[selected]]  # [N, H]
+        where, selected = completion_positions(batch, hidden.shape[1])
+        rows = torch.arange(len(where), device=hidden.device)[:, None].expand_as(where)
+        flat_hidden = hidden[rows[selected], where[selected]]  # [N, H]
         flat_targets = batch.completion_ids[selected]  # [N]
         logps, entropies = chunked_logprobs(
             flat_hidden, flat_targets, self.base.lm_head.weight, temperature, chunk_size
@@ -223,8 +223,8 @@ def completion_positions(batch: SequenceBatch, length: int) -> tuple[torch.Tenso
     of real completion tokens: token t of row b sits at ``prompt_length + t`` and is predicted
     from ``prompt_length + t - 1``."""
     offsets = torch.arange(batch.completion_ids.shape[1], device=batch.completion_ids.device)
-    positions = (batch.prompt_lengths[:, None] - 1 + offsets[None, :]).clamp(0, length - 1)
-    return positions, batch.completion_mask.bool()
+    where = (batch.prompt_lengths[:, None] - 1 + offsets[None, :]).clamp(0, length - 1)
+    return where, batch.completion_mask.bool()
 
 
 class LogProbModel(torch.nn.Module):
@@ -259,9 +259,9 @@ class LogProbModel(torch.nn.Module):
         """``[B, C]`` fp32 values aligned with the log-probs: ``values[b, t]`` is the value head
         on the state that predicts completion token t; 0 on padding."""
         hidden = self.policy.hidden_states(batch)
-        positions, selected = completion_positions(batch, hidden.shape[1])
-        rows = torch.arange(len(positions), device=hidden.device)[:, None]
-        values = self.value_head(hidden[rows, positions]).squeeze(-1).float()
+        where, selected = completion_positions(batch, hidden.shape[1])
+        rows = torch.arange(len(where), device=hidden.device)[:, None]
+        values = self.value_head(hidden[rows, where]).squeeze(-1).float()
         return values * selected
 
 

@@ -14,14 +14,20 @@ def is_peft_model(model: torch.nn.Module) -> bool:
 
 
 def policy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors a rollout worker needs to match ``model``: adapter only under LoRA."""
+    """The tensors a rollout worker needs to match ``model``: adapter only under LoRA. Sharded
+    (FSDP) tensors are gathered whole, so every process must call this."""
     if is_peft_model(model):
         from peft import get_peft_model_state_dict
 
         state = get_peft_model_state_dict(model)
     else:
         state = model.state_dict()
-    return {name: tensor.detach().cpu().clone() for name, tensor in state.items()}
+    from torch.distributed.tensor import DTensor
+
+    return {
+        name: (t.full_tensor() if isinstance(t, DTensor) else t).detach().cpu().clone()
+        for name, t in state.items()
+    }
 
 
 def load_policy_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -32,6 +32,7 @@ def rl_config(path, *overrides: str) -> RLConfig:
             "data.path=unused",
             "algorithm.name=ppo",
             "algorithm.ppo.critic_lr=0.001",
+            "rewards=[{name: think_length}]",
             *overrides,
         ],
     )
