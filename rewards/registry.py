@@ -102,7 +102,10 @@ def _lookup(name: str) -> Any:
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:
-            raise ValueError(f"reward {name!r}: cannot import module {module_name!r}: {e}") from e
+            hint = "; pip install 'speech-rlhf[trl]' brings it" if e.name == "trl" else ""
+            raise ValueError(
+                f"reward {name!r}: cannot import module {module_name!r}: {e}{hint}"
+            ) from e
         try:
             return functools.reduce(getattr, attr.split("."), module)
         except AttributeError:

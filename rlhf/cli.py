@@ -15,6 +15,7 @@ import difflib
 import importlib
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from types import ModuleType
 
 from rewards.errors import UserError
 
@@ -50,6 +51,25 @@ def _usage() -> str:
     )
 
 
+def build_parser(name: str) -> tuple[ModuleType, argparse.ArgumentParser]:
+    """The module of command ``name`` and its argument parser (``args.command`` is ``name``)."""
+    module_name, help_ = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"rlhf {name}", description=help_)
+    parser.set_defaults(command=name)
+    module.add_arguments(parser)
+    return module, parser
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Options may come between positionals (``RECIPE --resume key=value``): argparse's
+    intermixed parsing, except for commands with subcommands, which it does not support."""
+    try:
+        return parser.parse_intermixed_args(argv)
+    except TypeError:  # raised before parsing, for parsers with subcommands
+        return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
@@ -67,12 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         hint = f"; did you mean '{near[0]}'?" if near else ""
         print(f"rlhf: unknown command {name!r}{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module_name, help_ = COMMANDS[name]
-    module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"rlhf {name}", description=help_)
-    parser.set_defaults(command=name)
-    module.add_arguments(parser)
-    args = parser.parse_args(rest)
+    module, parser = build_parser(name)
+    args = parse_arguments(parser, rest)
     try:
         return module.run(args) or 0
     except (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as err:

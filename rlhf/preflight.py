@@ -3,7 +3,8 @@
 A bad row at position 7 of a dataset used to stop a run at step 4, hours in for a large model;
 a missing model folder surfaced as a hub "repo id" error. Here, in order, each step cheap:
 
-1. the run folder can be written (not a file, not read-only);
+1. the run folder can be written (not a file, not read-only), and Ray is installed when the
+   recipe runs anything on it;
 2. ``model.path`` (and a PPO critic's) is a local folder, or a hub id the hub cache or the network
    has, and its *config* loads (``AutoConfig``: no weights);
 3. the dataset split loads and keeps rows after ``data.tasks`` / ``data.max_samples``;
@@ -35,6 +36,7 @@ class BadRowsError(ConfigError):
 def check(config: Any, *, dry_run: bool = False) -> None:
     """All checks for a loaded ``RLConfig`` / ``SFTConfig`` (see the module docstring)."""
     check_output_dir(config.run)
+    check_extras(config)
     check_model_path("model.path", config.model.path)
     critic = getattr(getattr(config, "algorithm", None), "ppo", None)
     if critic is not None and config.algorithm.name == "ppo" and critic.critic_path:
@@ -59,6 +61,23 @@ def check_output_dir(run: RunConfig) -> None:
         raise ConfigError(f"run.output_dir: {out} cannot be created: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"run.output_dir: {out} cannot be written: {existing} is read-only")
+
+
+def check_extras(config: Any) -> None:
+    """Ray, when the recipe needs it (``rollout.engine=ray``, a reward with ``remote:``), is
+    installed: it is the ``[ray]`` extra, not a dependency."""
+    import importlib.util
+
+    rollout = getattr(config, "rollout", None)
+    remote = [
+        i
+        for i, r in enumerate(getattr(config, "rewards", []))
+        if isinstance(r, dict) and r.get("remote")
+    ]
+    needs = "rollout.engine=ray" if rollout is not None and rollout.engine == "ray" else None
+    needs = needs or (f"rewards[{remote[0]}].remote" if remote else None)
+    if needs and importlib.util.find_spec("ray") is None:
+        raise ConfigError(f"{needs} needs Ray: pip install 'speech-rlhf[ray]'")
 
 
 def check_model_path(key: str, path: str) -> None:
