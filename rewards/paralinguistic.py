@@ -18,7 +18,7 @@ from rewards.audio import sample_rates, to_mono
 from rewards.registry import resolve, reward
 from rewards.text import CJK, column, completion_fields
 
-# The label spaces of STEP_AUDIO2.md's benchmarks (StepEval-Audio-Paralinguistic dimensions,
+# The label spaces of the benchmarks Step-Audio 2 reports (StepEval-Audio-Paralinguistic dimensions,
 # IEMOCAP / MELD emotions, VocalSound events); the first word of each level is its canonical form.
 LABELS: dict[str, dict[str, tuple[str, ...]]] = {
     "gender": {

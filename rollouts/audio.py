@@ -1,7 +1,7 @@
 """Audio front end of Step-Audio 2: waveforms in, log-mel features and patch counts out.
 
 Everything the model sees of a sound passes through here, so this module matches the released
-Step-Audio 2 inference code exactly (see STEP_AUDIO2.md, "Audio front end"):
+Step-Audio 2 inference code exactly:
 
 * ``load_audio`` decodes files, bytes or arrays to 16 kHz mono float32 (soundfile + soxr);
 * ``MIN_CLIP_SAMPLES`` and ``MAX_CLIP_SECONDS`` bound the clips a dataset row may hold;

@@ -1,6 +1,6 @@
 """Step-Audio 2's chat format: the one place that builds prompts and reads completions.
 
-Layout (STEP_AUDIO2.md, "Tokens and chat format"; StepFun's ``stepaudio2.py``):
+Layout (as StepFun's released ``stepaudio2.py`` builds it):
 
 * a turn is ``<|BOT|>{role}\\n{content}<|EOT|>`` with roles ``system``, ``human`` (HF ``user``),
   ``assistant`` and ``function_output`` (HF ``tool``); no BOS. Like StepFun's code, each piece

@@ -208,7 +208,7 @@ def slaney_filters(n_mels: int = 128, n_fft: int = 400, rate: int = SAMPLE_RATE)
 
 
 def numpy_log_mel(wav: np.ndarray) -> np.ndarray:
-    """The STEP_AUDIO2.md recipe step by step in float64 numpy."""
+    """Step-Audio 2's log-mel (Whisper's, 479-sample right pad, no 30 s pad) in float64 numpy."""
     x = np.pad(wav.astype(np.float64), (0, 479))
     x = np.pad(x, 200, mode="reflect")  # center=True
     n_frames = 1 + (len(x) - 400) // 160

@@ -16,7 +16,8 @@ PAD, EOS, TEXT, AUDIO_START, AUDIO_END, PATCH, VOCAB = 0, 1, 7, 500, 501, 502, 5
 
 
 def mel_tokens(num_frames: int) -> int:
-    """STEP_AUDIO2.md: patch tokens for T mel frames (what rollouts.audio.num_audio_tokens does)."""
+    """Patch tokens for T mel frames, by the released code's arithmetic (what
+    rollouts.audio.num_audio_tokens does)."""
     return ((num_frames - 2 + 1) // 2 // 2 + 2 - 3) // 2 + 1
 
 
@@ -68,7 +69,7 @@ def test_released_config_loads_with_mini_sizes():
 def test_released_config_builds_the_8_3b_model_with_832_tensors():
     with torch.device("meta"):
         state = StepAudio2ForCausalLM(StepAudio2Config.from_json_file(RELEASED_CONFIG)).state_dict()
-    assert len(state) == 832  # STEP_AUDIO2.md: 8.3 B parameters in 832 tensors
+    assert len(state) == 832  # the released checkpoint: 8.3 B parameters in 832 tensors
     assert round(sum(t.numel() for t in state.values()) / 1e9, 1) == 8.3
 
 
@@ -161,7 +162,7 @@ def test_token_count_matches_the_released_formula(model):
     frames = torch.arange(3, 3001)
     tokens = model.num_audio_tokens(frames - 2)
     assert tokens.tolist() == [mel_tokens(int(t)) for t in frames]
-    # 1 s, 10 s and 25 s clips (STEP_AUDIO2.md)
+    # 1 s, 10 s and 25 s clips (100 mel frames per second): 13, 125 and 313 patch tokens
     assert model.num_audio_tokens(torch.tensor([100, 1000, 2500])).tolist() == [13, 125, 313]
     audio = pytest.importorskip("rollouts.audio")
     assert all(audio.num_audio_tokens(int(t)) == mel_tokens(int(t)) for t in frames[::7])

@@ -18,7 +18,11 @@ one dimension to be answered aloud, whose target carries the codes (``codec.KMea
 on the training clips) of espeak speech of the reply in a fixed assistant voice. Tasks are
 balanced over each split and levels within each task; the exact espeak pitch and rate inside a
 level are drawn at random. Targets have ``<think>`` reasoning of 5–80 words (``grammar.think``).
-Columns are those of CONTRACTS.md, "Dataset rows"; audio is 16 kHz FLAC bytes.
+A row is what ``rlhf.data.loading.row_to_sample`` reads plus the labels and SFT targets:
+``id``, ``audio`` (16 kHz FLAC bytes), ``messages`` (one user turn: an audio part, then the
+question), ``task``, the clip's ``transcript`` / ``gender`` / ``pitch`` / ``speed``, ``label``
+(the expected answer to the task), ``target_think`` / ``target_answer`` /
+``target_audio_codes`` (what SFT trains on) and ``spoken`` (answer aloud).
 
 The same arguments give byte-identical files, whatever ``workers``: every random choice comes
 from the seed, and each utterance is synthesised by a fresh copy of libespeak-ng (``_Espeak``).
@@ -56,7 +60,7 @@ SPEED = {"slow": (100, 120), "normal": (160, 180), "fast": (240, 270)}  # words 
 ASSISTANT = {"voice": f"{LANGUAGE}+f5", "pitch": 50, "rate": 170}  # speaks the spoken replies
 CODEC_FIT_CLIPS = 400  # training clips the codec is fitted on (about 30 000 frames of 40 ms)
 
-# Features of the dataset rows (CONTRACTS.md, "Dataset rows"), in column order.
+# Features of the dataset rows (described in the module docstring), in column order.
 COLUMNS = (
     "id", "audio", "messages", "task", "transcript", "gender", "pitch", "speed", "label",
     "target_think", "target_answer", "target_audio_codes", "spoken",
@@ -270,7 +274,7 @@ def clip_rows(
     replies: dict[str, list[int]],
     rng: np.random.Generator,
 ) -> list[dict]:
-    """One chat row per task of ``clip`` (CONTRACTS.md, "Dataset rows")."""
+    """One chat row per task of ``clip``, with the columns of ``COLUMNS``."""
     levels = {"gender": clip.gender, "pitch": clip.pitch, "speed": clip.speed}
     rows = []
     for task in clip.tasks:

@@ -14,7 +14,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig, Qwen2Config
 from transformers.configuration_utils import SubConfigSpec
 
-# The decoder of Step-Audio-2-mini (Qwen2.5-7B shaped, larger vocabulary; see STEP_AUDIO2.md).
+# The decoder of Step-Audio-2-mini (Qwen2.5-7B shaped, larger vocabulary), as its config.json has it.
 MINI_TEXT_CONFIG = {
     "hidden_size": 3584,
     "intermediate_size": 18944,
