@@ -20,7 +20,7 @@ import torch
 from transformers import DynamicCache
 
 from rewards import RewardRunner
-from rollouts.adapters.base import positions
+from rollouts.adapters.base import ModelAdapter, positions
 from rollouts.policy import Policy
 from rollouts.types import PromptSample, Rollout, SamplingParams
 
@@ -85,28 +85,7 @@ class LocalEngine:
         self, samples: Sequence[PromptSample], rollouts: list[Rollout], n: int
     ) -> dict[str, Any]:
         """Fill ``rewards`` and ``reward`` of each rollout; return the runner's statistics."""
-        owners = [samples[i // n] for i in range(len(rollouts))]
-        columns = {key for s in owners for key in s.columns}
-        kwargs: dict[str, list[Any]] = {
-            key: [s.columns.get(key) for s in owners] for key in sorted(columns)
-        }
-        kwargs.update(
-            completion_ids=[r.completion_ids for r in rollouts],
-            think=[r.think for r in rollouts],
-            answer=[r.answer for r in rollouts],
-            spoken_text=[r.spoken_text for r in rollouts],
-            audio_codes=[r.audio_codes for r in rollouts],
-            tool_calls=[r.tool_calls for r in rollouts],
-            audio=[s.audio[0] if s.audio else None for s in owners],
-            sample_rate=[16000] * len(rollouts),
-        )
-        result = self.reward_runner(
-            [s.messages for s in owners], [r.text for r in rollouts], **kwargs
-        )
-        for i, rollout in enumerate(rollouts):
-            rollout.rewards = {name: values[i] for name, values in result.per_reward.items()}
-            rollout.reward = result.total[i]
-        return result.metrics
+        return score_rollouts(self.reward_runner, samples, rollouts, n)
 
     def _generate_chunk(
         self, samples: Sequence[PromptSample], first_group: int, n: int, sampling: SamplingParams
@@ -187,31 +166,81 @@ class LocalEngine:
             logits = base.lm_head(hidden[:, -1]).float()
             next_position = next_position + 1
 
-        rollouts = []
-        for row in range(rows):
-            prompt_index, k = divmod(row, n)
-            sample = samples[prompt_index]
-            parsed = adapter.parse(tokens[row], sample)
-            rollouts.append(
-                Rollout(
-                    prompt_id=sample.id,
-                    group=first_group + prompt_index,
-                    sample_index=k,
-                    prompt_ids=prompt_ids[prompt_index],
-                    completion_ids=tokens[row],
-                    logprobs=logprobs[row],
-                    loss_mask=adapter.loss_mask(tokens[row], self.train_on),
-                    text=parsed.text,
-                    think=parsed.think,
-                    answer=parsed.answer,
-                    spoken_text=parsed.spoken_text,
-                    audio_codes=parsed.audio_codes,
-                    tool_calls=parsed.tool_calls,
-                    finish_reason=finish[row],
-                    policy_version=self.policy_version,
-                )
+        return [
+            build_rollout(
+                adapter,
+                samples[row // n],
+                group=first_group + row // n,
+                sample_index=row % n,
+                prompt_ids=prompt_ids[row // n],
+                completion_ids=tokens[row],
+                logprobs=logprobs[row],
+                finish_reason=finish[row],
+                train_on=self.train_on,
+                policy_version=self.policy_version,
             )
-        return rollouts
+            for row in range(rows)
+        ]
+
+
+def build_rollout(
+    adapter: ModelAdapter,
+    sample: PromptSample,
+    *,
+    group: int,
+    sample_index: int,
+    prompt_ids: list[int],
+    completion_ids: list[int],
+    logprobs: list[float],
+    finish_reason: str,
+    train_on: str,
+    policy_version: int,
+) -> Rollout:
+    """One sampled completion, parsed and masked: what every engine returns, built one way."""
+    parsed = adapter.parse(completion_ids, sample)
+    return Rollout(
+        prompt_id=sample.id,
+        group=group,
+        sample_index=sample_index,
+        prompt_ids=prompt_ids,
+        completion_ids=completion_ids,
+        logprobs=logprobs,
+        loss_mask=adapter.loss_mask(completion_ids, train_on),
+        text=parsed.text,
+        think=parsed.think,
+        answer=parsed.answer,
+        spoken_text=parsed.spoken_text,
+        audio_codes=parsed.audio_codes,
+        tool_calls=parsed.tool_calls,
+        finish_reason=finish_reason,
+        policy_version=policy_version,
+    )
+
+
+def score_rollouts(
+    reward_runner: RewardRunner, samples: Sequence[PromptSample], rollouts: list[Rollout], n: int
+) -> dict[str, Any]:
+    """Fill ``rewards`` and ``reward`` of the n rollouts per prompt; return the runner's statistics."""
+    owners = [samples[i // n] for i in range(len(rollouts))]
+    columns = {key for s in owners for key in s.columns}
+    kwargs: dict[str, list[Any]] = {
+        key: [s.columns.get(key) for s in owners] for key in sorted(columns)
+    }
+    kwargs.update(
+        completion_ids=[r.completion_ids for r in rollouts],
+        think=[r.think for r in rollouts],
+        answer=[r.answer for r in rollouts],
+        spoken_text=[r.spoken_text for r in rollouts],
+        audio_codes=[r.audio_codes for r in rollouts],
+        tool_calls=[r.tool_calls for r in rollouts],
+        audio=[s.audio[0] if s.audio else None for s in owners],
+        sample_rate=[16000] * len(rollouts),
+    )
+    result = reward_runner([s.messages for s in owners], [r.text for r in rollouts], **kwargs)
+    for i, rollout in enumerate(rollouts):
+        rollout.rewards = {name: values[i] for name, values in result.per_reward.items()}
+        rollout.reward = result.total[i]
+    return result.metrics
 
 
 def _sample(
