@@ -150,3 +150,42 @@ def test_unknown_recipe_key_names_the_nearest(tmp_path):
         ValueError, match=r"unknown key 'algorithm.clip_hgh'.*'algorithm.clip_high'"
     ):
         load_config(RLConfig, recipe)
+
+
+def test_logged_losses_do_not_depend_on_the_micro_batch_size(
+    tiny_model_dir, tiny_dataset_dir, tmp_path
+):
+    """The batch's loss is the sum of its micro-batches' shares and per-token statistics are
+    token-weighted, so one micro-batch of 8 and four of 2 log the same figures."""
+
+    def first_step(micro_batch_size: int) -> dict:
+        config = tiny_rl_config(
+            tiny_model_dir,
+            tiny_dataset_dir,
+            tmp_path / f"mb{micro_batch_size}",
+            "algorithm.beta=0.05",
+            f"optim.micro_batch_size={micro_batch_size}",
+        )
+        return RLTrainer(config).step()
+
+    whole, parts = first_step(8), first_step(2)
+    assert whole["trained_tokens"] == parts["trained_tokens"] > 0
+    for key in ("loss", "policy_loss", "kl", "entropy", "clip_fraction", "approx_kl"):
+        assert parts[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-6), key
+    assert whole["policy_loss"] != 0
+
+
+def test_ppo_logs_approx_kl_and_the_critics_explained_variance(
+    tiny_model_dir, tiny_dataset_dir, tmp_path
+):
+    config = tiny_rl_config(
+        tiny_model_dir,
+        tiny_dataset_dir,
+        tmp_path / "ppo",
+        "algorithm.name=ppo",
+        "algorithm.num_iterations=2",
+        "run.steps=1",
+    )
+    metrics = RLTrainer(config).train()[0]
+    assert metrics["approx_kl"] > 0  # the second iteration moved away from the old policy
+    assert math.isfinite(metrics["explained_variance"]) and metrics["explained_variance"] <= 1
