@@ -2,6 +2,10 @@
 
 `text_config` is a plain Qwen2Config (the decoder) and `audio_encoder_config` holds the Whisper-style
 encoder and adaptor sizes under their released names, so the released file loads unchanged.
+
+Sub-configs are built in `__post_init__` from a dict or the defaults, as transformers' own
+multimodal configs do, rather than through `SubConfigSpec`: that class first appears in
+transformers 5.20, and vLLM builds pin transformers below it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ from typing import ClassVar
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig, Qwen2Config
-from transformers.configuration_utils import SubConfigSpec
 
 # The decoder of Step-Audio-2-mini (Qwen2.5-7B shaped, larger vocabulary), as its config.json has it.
 MINI_TEXT_CONFIG = {
@@ -73,15 +76,24 @@ class StepAudio2Config(PreTrainedConfig):
     """
 
     model_type = "step_audio_2"
-    sub_configs_defaults: ClassVar[dict[str, SubConfigSpec]] = {
-        "text_config": SubConfigSpec(Qwen2Config, init_kwargs=MINI_TEXT_CONFIG),
-        "audio_encoder_config": SubConfigSpec(StepAudio2EncoderConfig),
+    sub_configs: ClassVar[dict[str, type[PreTrainedConfig]]] = {
+        "text_config": Qwen2Config,
+        "audio_encoder_config": StepAudio2EncoderConfig,
     }
 
     text_config: dict | Qwen2Config | None = None
     audio_encoder_config: dict | StepAudio2EncoderConfig | None = None
     audio_start_token_id: int = 151688
     audio_patch_token_id: int = 151690
+
+    def __post_init__(self, **kwargs):
+        # A dict replaces the defaults whole (the released file spells every decoder size out);
+        # None means the released model.
+        if not isinstance(self.text_config, Qwen2Config):
+            self.text_config = Qwen2Config(**(self.text_config or MINI_TEXT_CONFIG))
+        if not isinstance(self.audio_encoder_config, StepAudio2EncoderConfig):
+            self.audio_encoder_config = StepAudio2EncoderConfig(**(self.audio_encoder_config or {}))
+        super().__post_init__(**kwargs)
 
     def validate_architecture(self):
         """The adaptor must land in the decoder width, and encoder heads must split the width."""
