@@ -202,3 +202,21 @@ def test_second_clip_is_named():
     messages = [{"role": "user", "content": content}]
     with pytest.raises(AudioError, match=r"row 0 \(id r7\) column 'audio' clip 1: .*shorter"):
         row_to_sample(row([flac(0.25), {"array": [0.1], "sampling_rate": 16000}], messages), 0)
+
+
+def test_row_structure_errors_are_one_line_user_errors():
+    from rewards.errors import UserError
+
+    bad_rows = [
+        {"id": "r7", "text": "hi"},  # neither messages nor prompt
+        {"id": "r7", "messages": QUESTION},  # an audio part, no audio column
+        {"id": "r7", "messages": [{"content": "no role"}], "audio": None},
+        {"id": "r7", "messages": [{"role": "user", "content": [{"type": "image"}]}]},
+        row({"sampling_rate": 16000}),  # a dict with no samples
+        row(3.5),
+    ]
+    for bad in bad_rows:
+        with pytest.raises(UserError) as info:
+            row_to_sample(bad, 6, "set.jsonl")
+        assert str(info.value).startswith("set.jsonl row 6 (id r7)"), str(info.value)
+        assert "\n" not in str(info.value)

@@ -134,3 +134,38 @@ def test_recipe_given_to_trackers_has_no_secret():
     assert config.rewards[0]["url"] == url  # the run itself keeps the real URL
     flat = json.dumps(tracker_config(config))
     assert SECRET not in flat and "https://***@judge.example.com/v1" in flat
+
+
+def test_a_run_with_a_judge_leaves_no_secret_in_its_folder_or_log(
+    judge_port, tiny_model_dir, tiny_dataset_dir, tmp_path, monkeypatch, caplog, capsys
+):
+    from rlhf.config import RLConfig, load_config
+    from rlhf.trainer import RLTrainer
+
+    monkeypatch.setenv("JUDGE_TEST_KEY", SECRET)
+    url = f"http://judge:{SECRET}@127.0.0.1:{judge_port.server_port}/v1?token={SECRET}"
+    judge = f"{{name: paralinguistic_judge, url: '{url}', model: m, api_key_env: JUDGE_TEST_KEY}}"
+    config = load_config(
+        RLConfig,
+        None,
+        [
+            f"model.path={tiny_model_dir}",
+            f"data.path={tiny_dataset_dir}",
+            f"run.output_dir={tmp_path / 'run'}",
+            "run.steps=1",
+            "rollout.prompts_per_step=1",
+            "rollout.num_generations=2",
+            "rollout.sampling.max_new_tokens=4",
+            "optim.micro_batch_size=2",
+            f"rewards=[{judge}]",
+        ],
+    )
+    with caplog.at_level(logging.DEBUG):
+        RLTrainer(config).train()
+    assert judge_port.auth and set(judge_port.auth) == {f"Bearer {SECRET}"}  # the key was used
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert any(p.name == "config.yaml" for p in files)
+    for path in files:
+        assert SECRET.encode() not in path.read_bytes(), path
+    out = capsys.readouterr()
+    assert SECRET not in caplog.text + out.out + out.err

@@ -156,7 +156,7 @@ def row_to_sample(
         content = [{"type": "audio"}, {"type": "text", "text": str(row["prompt"])}]
         messages = [{"role": "user", "content": content}]
     else:
-        raise KeyError(
+        raise MissingColumnError(
             f"{where}: no 'messages' column (nor 'prompt' + 'audio'); "
             f"available columns: {sorted(row)}"
         )
@@ -193,13 +193,17 @@ def row_to_sample(
 
 def _require(row: dict[str, Any], column: str, where: str) -> None:
     if column not in row:
-        raise KeyError(f"{where}: missing column {column!r}; available columns: {sorted(row)}")
+        raise MissingColumnError(
+            f"{where}: missing column {column!r}; available columns: {sorted(row)}"
+        )
 
 
 def _message(message: dict[str, Any], where: str) -> dict[str, Any]:
     """A message with Arrow's null fields dropped and its parts in our form."""
     if not isinstance(message, dict) or not message.get("role"):
-        raise ValueError(f"{where}: every message needs a 'role', got {message!r}")
+        raise DatasetError(
+            f"{where} column 'messages': every message needs a 'role', got {message!r}"
+        )
     out = {key: value for key, value in message.items() if value is not None}
     content = message.get("content")
     if content is None:
@@ -215,7 +219,9 @@ def _part(part: dict[str, Any], where: str) -> dict[str, Any]:
         return {"type": "audio"}
     if kind == "text":
         return {"type": "text", "text": part.get("text") or ""}
-    raise ValueError(f"{where}: message part must be of type 'text' or 'audio', got {part!r}")
+    raise DatasetError(
+        f"{where} column 'messages': a part must be of type 'text' or 'audio', got {part!r}"
+    )
 
 
 def _clips(value: Any) -> list[Any]:
@@ -231,7 +237,7 @@ def _clips(value: Any) -> list[Any]:
 
 def _is_clip_list(value: Any) -> bool:
     """A list of clips (one per audio part), as opposed to one clip's samples."""
-    clip_types = (bytes, bytearray, str, os.PathLike, dict, list, np.ndarray)
+    clip_types = (bytes, bytearray, str, os.PathLike, dict, list, np.ndarray, type(None))
     return isinstance(value, (list, tuple)) and bool(value) and isinstance(value[0], clip_types)
 
 
@@ -261,7 +267,7 @@ def _load_clip(clip: Any, root: Path, where: str) -> np.ndarray:
             return load_audio(np.asarray(clip["array"]), rate, name=where)
         if clip.get("path"):
             return load_audio(root / clip["path"], name=where)
-        raise ValueError(f"{where}: audio dict has no 'bytes', 'path' or 'array': {sorted(clip)}")
+        raise AudioError(f"{where}: audio dict has no 'bytes', 'path' or 'array': {sorted(clip)}")
     if isinstance(clip, (bytes, bytearray)):
         return load_audio(bytes(clip), name=where)
     if isinstance(clip, (str, os.PathLike)):
@@ -273,7 +279,7 @@ def _load_clip(clip: Any, root: Path, where: str) -> np.ndarray:
         )
     if clip is None:
         raise AudioError(f"{where}: the audio is missing (null)")
-    raise TypeError(f"{where}: cannot read audio from {type(clip).__name__}")
+    raise AudioError(f"{where}: cannot read audio from {type(clip).__name__}")
 
 
 def _sampling_rate(rate: Any, where: str) -> int:
