@@ -1,8 +1,10 @@
-"""`rlhf demo [--out DIR]`: the whole toolkit on a laptop CPU, in minutes.
+"""`rlhf demo [--out DIR] [--arch A]`: the whole toolkit on a laptop CPU, in minutes.
 
-Synthetic speech → tiny Step-Audio 2 model → SFT → evaluation → GRPO → evaluation → plot. Each stage
-is the `rlhf` command a user would type (printed before it runs), so the demo doubles as a worked
-example of the command line.
+Synthetic speech → tiny model (Step-Audio 2 by default; ``--arch qwen2-audio``, ``qwen2.5-omni``) →
+SFT → evaluation → GRPO → evaluation → plot. Each stage is the `rlhf` command a user would type
+(printed before it runs), so the demo doubles as a worked example of the command line. The recipes
+are the same for every family: only ``model.path`` changes, and for a model that answers in text
+only, SFT leaves out the spoken-reply rows.
 """
 
 from __future__ import annotations
@@ -71,6 +73,12 @@ def _get(report: dict, keys: tuple[str, ...]) -> float | None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder")
+    parser.add_argument(
+        "--arch",
+        choices=("step-audio-2", "qwen2-audio", "qwen2.5-omni"),
+        default="step-audio-2",
+        help="model family of the tiny policy (default step-audio-2)",
+    )
     parser.add_argument("--num-clips", type=int, default=1200, help="training clips")
     parser.add_argument("--test-clips", type=int, default=300, help="held-out clips")
     parser.add_argument("--rl-steps", type=int, default=None, help="override the GRPO steps")
@@ -91,8 +99,11 @@ def run(args: argparse.Namespace) -> int:
         "--test-clips",
         str(args.test_clips),
     )
-    _rlhf("make-tiny", str(tiny), "--audio-codes", "64")
+    speaks = args.arch == "step-audio-2"  # the one family with spoken (TA4) answers
+    _rlhf("make-tiny", str(tiny), "--arch", args.arch, *(["--audio-codes", "64"] * speaks))
     sft_overrides = [f"model.path={tiny}", f"data.path={dataset}", f"run.output_dir={sft}"]
+    if not speaks:
+        sft_overrides += ["train_on=text", "data.tasks=[transcribe,gender,pitch,speed]"]
     if args.sft_steps:
         sft_overrides.append(f"run.steps={args.sft_steps}")
     _rlhf("sft", _recipe("tiny_sft.yaml"), *sft_overrides)

@@ -5,7 +5,7 @@ Inputs are built from its Whisper feature extractor and tokenizer here rather th
 import torchvision) although audio RL never uses them. What the processor would do for audio is
 small: a log-mel per clip, and each ``<|AUDIO|>`` of the template's
 ``<|audio_bos|><|AUDIO|><|audio_eos|>`` repeated once per encoder output frame, counted with
-transformers' own ``_get_feat_extract_output_lengths``. Unlike Qwen2-Audio, the encoder takes
+transformers' own ``_get_feat_extract_output_lengths``. Unlike Qwen2-Audio's, its encoder takes
 clips of any length, so a batch pads mels to its longest clip only; and for text and audio alone
 the model's multimodal rotary positions are the plain positions, so ``position_ids`` may be 1-D.
 """
@@ -129,3 +129,13 @@ class Qwen25OmniThinkerAdapter(Qwen2AudioAdapter):
             "input_features": features,
             "feature_lens": torch.cat([p["feature_lens"] for p in parts]),
         }
+
+    def audio_embeddings(
+        self, inner, input_features: torch.Tensor, feature_lens: torch.Tensor
+    ) -> list[torch.Tensor]:
+        frames = torch.arange(input_features.shape[-1], device=feature_lens.device)
+        packed = inner.get_audio_features(
+            input_features, feature_attention_mask=(frames < feature_lens[:, None]).long()
+        ).last_hidden_state
+        _, out_lens = inner.audio_tower._get_feat_extract_output_lengths(feature_lens)
+        return list(packed.split(out_lens.tolist()))

@@ -3,8 +3,9 @@
 The processor does the audio work: a Whisper log-mel per clip, padded to the encoder's fixed
 window (30 s for the released model: its encoder takes exactly ``2 × max_source_positions`` mel
 frames), and each ``<|AUDIO|>`` of the chat template's ``<|audio_bos|><|AUDIO|><|audio_eos|>``
-expanded to one placeholder per encoder output frame. The model merges the clip embeddings into
-the placeholders itself.
+expanded to one placeholder per encoder output frame. The model's own modules encode the clips
+and run the decoder; the adapter writes each clip's embeddings over its placeholders, so a clip
+that several sequences share is encoded once.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from rollouts.adapters.base import VllmNames
+from rollouts.adapters.base import AudioMismatchError, VllmNames
 from rollouts.adapters.causal_lm import CausalLMAdapter
 from rollouts.audio import SAMPLE_RATE, AudioError
 from rollouts.types import PromptSample
@@ -89,23 +90,48 @@ class Qwen2AudioAdapter(CausalLMAdapter):
         clip_index=None,
         cache=None,
     ) -> torch.Tensor:
-        """The model's own forward without the LM head. Clips shared through ``clip_index`` are
-        repeated and encoded once per sequence: the model has no call that embeds given audio."""
-        audio = {}
+        """The model's forward without the LM head, each distinct clip encoded once: the model
+        merges audio only for one feature row per clip, while the samples of a prompt share it."""
+        inner = model.model
+        embeds = inner.get_input_embeddings()(input_ids)
         if input_features is not None:
-            if clip_index is not None:
-                input_features, feature_lens = input_features[clip_index], feature_lens[clip_index]
-            frames = torch.arange(input_features.shape[-1], device=feature_lens.device)
-            audio = {
-                "input_features": input_features,
-                "feature_attention_mask": (frames < feature_lens[:, None]).long(),
-            }
-        out = model.model(
-            input_ids=input_ids,
+            clips = self.audio_embeddings(inner, input_features, feature_lens)
+            order = range(len(clips)) if clip_index is None else clip_index.tolist()
+            audio = torch.cat([clips[k] for k in order])
+            placeholders = input_ids == self._token_id(AUDIO)
+            if int(placeholders.sum()) != len(audio):
+                raise AudioMismatchError(
+                    f"{int(placeholders.sum())} {AUDIO} placeholders in the batch but its clips "
+                    f"encode to {len(audio)} frames"
+                )
+            embeds = embeds.masked_scatter(placeholders[..., None], audio.to(embeds.dtype))
+        out = inner.language_model(
+            inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
             use_cache=cache is not None,
-            **audio,
         )
         return out.last_hidden_state
+
+    def audio_embeddings(
+        self, inner, input_features: torch.Tensor, feature_lens: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Each clip's embeddings in the decoder's space, ``[frames_k, H]``: the audio branch of
+        ``Qwen2AudioModel.forward`` (which offers no call of its own for it), mels masked past
+        each clip's length."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        tower = inner.audio_tower
+        conv_lens, out_lens = tower._get_feat_extract_output_lengths(feature_lens)
+        width = (input_features.shape[-1] - 2) // 2 + 1
+        valid = torch.arange(width, device=conv_lens.device)[None, :] < conv_lens[:, None]
+        mask = create_bidirectional_mask(
+            config=tower.config,
+            inputs_embeds=input_features.new_zeros(len(input_features), width, 1),
+            attention_mask=valid.long(),
+        )
+        states = inner.multi_modal_projector(
+            tower(input_features, attention_mask=mask).last_hidden_state
+        )
+        return [state[:n] for state, n in zip(states, out_lens.tolist(), strict=True)]
