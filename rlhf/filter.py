@@ -82,7 +82,12 @@ def sample_pass_counts(
     counts: list[int] = []
     for start in track(range(0, len(dataset), chunk), description=f"sampling {samples} per prompt"):
         rows = range(start, min(start + chunk, len(dataset)))
-        prompts = [row_to_sample(dataset[i], i, source, think=config.data.think) for i in rows]
+        prompts = [
+            row_to_sample(
+                dataset[i], i, source, think=config.data.think, max_audio_s=config.data.max_audio_s
+            )
+            for i in rows
+        ]
         by_id = pass_counts(engine.generate(prompts, samples, sampling), threshold, reward)
         counts += [by_id.get(p.id, 0) for p in prompts]
     return counts

@@ -71,7 +71,7 @@ def load_examples(data: DataConfig, split: str | None = None) -> list[Example]:
     source = f"{data.path}:{split}"
     examples = []
     for index, row in enumerate(track(dataset, description="decoding audio", transient=True)):
-        sample = row_to_sample(row, index, source, think=data.think)
+        sample = row_to_sample(row, index, source, think=data.think, max_audio_s=data.max_audio_s)
         examples.append(Example(sample, row_target(row, f"{source} row {index}")))
     return examples
 

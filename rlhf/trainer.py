@@ -131,7 +131,9 @@ class RLTrainer:
         source = f"{config.data.path}:{config.data.split}"
         self.prompts = PromptStream(
             len(dataset),
-            lambda i: row_to_sample(dataset[i], i, source, think=config.data.think),
+            lambda i: row_to_sample(
+                dataset[i], i, source, think=config.data.think, max_audio_s=config.data.max_audio_s
+            ),
             seed=config.run.seed,
             shuffle=config.data.shuffle,
         )

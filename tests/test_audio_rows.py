@@ -220,3 +220,18 @@ def test_row_structure_errors_are_one_line_user_errors():
             row_to_sample(bad, 6, "set.jsonl")
         assert str(info.value).startswith("set.jsonl row 6 (id r7)"), str(info.value)
         assert "\n" not in str(info.value)
+
+
+def test_recipe_max_audio_s_reaches_the_rows(tmp_path):
+    from rlhf.config import DataConfig
+    from rlhf.sft import load_examples
+
+    (tmp_path / "long.flac").write_bytes(flac(MAX_CLIP_SECONDS + 1))
+    line = {"prompt": "Who speaks?", "audio": "long.flac", "target_answer": "a man"}
+    (tmp_path / "set.jsonl").write_text(json.dumps(line) + "\n")
+    data = DataConfig(path=str(tmp_path / "set.jsonl"))
+    with pytest.raises(AudioError, match=r"set.jsonl:train row 0 column 'audio': clip of 31.0 s"):
+        load_examples(data)
+    data.max_audio_s = 60.0
+    (example,) = load_examples(data)
+    assert len(example.sample.audio[0]) == 31 * SAMPLE_RATE
