@@ -43,6 +43,7 @@ def evaluate(
     *,
     max_new_tokens: int = 256,
     think: bool = True,
+    max_audio_s: float | None = 30.0,
     device: str = "cpu",
     dtype: str = "float32",
     progress: bool = True,
@@ -51,7 +52,8 @@ def evaluate(
 
     Greedy decoding without repetition penalty: the figures say what the policy itself prefers,
     reproducibly (Step-Audio 2's serving settings, top_p 0.9 and repetition_penalty 1.05, are
-    ``SamplingParams``' defaults, for sampling). ``dtype`` is the dtype the weights load in.
+    ``SamplingParams``' defaults, for sampling). ``dtype`` is the dtype the weights load in;
+    ``max_audio_s`` the longest clip a row may hold, as a recipe's ``data.max_audio_s``.
 
     Returns ``{"n", "paralinguistic": {dim: accuracy}, "asr": {"wer", "cer"},
     "think_words_mean", "format_ok", "counts", ...}``; a figure with no row to measure it is None.
@@ -68,7 +70,10 @@ def evaluate(
     if len(dataset) == 0:
         raise ValueError(f"{data_dir}:{split}: no rows to evaluate")
     source = f"{data_dir}:{split}"
-    samples = [row_to_sample(row, i, source, think=think) for i, row in enumerate(dataset)]
+    samples = [
+        row_to_sample(row, i, source, think=think, max_audio_s=max_audio_s)
+        for i, row in enumerate(dataset)
+    ]
 
     policy = Policy.from_pretrained(model_dir, device=device, dtype=dtype)
     policy.model.eval()
@@ -220,6 +225,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--no-think", action="store_true", help="do not prefill <think>")
     parser.add_argument(
+        "--max-audio-s",
+        type=float,
+        default=30.0,
+        help="longest clip a row may hold, in seconds (0: no limit), as data.max_audio_s",
+    )
+    parser.add_argument(
         "--device", default=None, help="torch device (default: cuda when available, else cpu)"
     )
     parser.add_argument(
@@ -257,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         think=not args.no_think,
+        max_audio_s=args.max_audio_s or None,
         device=device,
         dtype=args.dtype or checkpoint_dtype(args.model),
     )
