@@ -418,7 +418,9 @@ class RLTrainer:
                 behaviour = mb.old_logprobs if acfg.num_iterations > 1 else mb.behaviour_logprobs
                 drift = (logprobs.detach() - behaviour) * mb.loss_mask
                 stats["approx_kl"] = float(0.5 * drift.square().sum() / tokens.clamp(min=1))
-                step_metrics.maximum({"ratio_max": stats.pop("ratio_max")})
+                ratio_max = stats.pop("ratio_max")
+                if tokens > 0:  # a micro-batch with nothing to train has no ratio
+                    step_metrics.maximum({"ratio_max": ratio_max})
                 shares = {"loss": loss.item(), "policy_loss": stats.pop("policy_loss")}
                 step_metrics.total(shares, scale=1 / acfg.num_iterations)
                 step_metrics.mean(stats, weight=float(tokens))

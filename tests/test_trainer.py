@@ -185,7 +185,13 @@ def test_ppo_logs_approx_kl_and_the_critics_explained_variance(
         "algorithm.name=ppo",
         "algorithm.num_iterations=2",
         "run.steps=1",
+        "run.log_samples_every=1",
     )
     metrics = RLTrainer(config).train()[0]
     assert metrics["approx_kl"] > 0  # the second iteration moved away from the old policy
     assert math.isfinite(metrics["explained_variance"]) and metrics["explained_variance"] <= 1
+    # the step's completions, as a table
+    rows = [json.loads(line) for line in (tmp_path / "ppo" / "samples.jsonl").open()]
+    assert len(rows) == 8 and {r["step"] for r in rows} == {1}
+    assert set(rows[0]) == {"step", "prompt_id", "think", "answer", "rewards", "total"}
+    assert set(rows[0]["rewards"]) == {"trainer_test_think_chars", "think_length", "paralinguistic"}
