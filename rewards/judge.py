@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rewards.errors import UserError
 from rewards.redact import env_name_for_display, is_env_name, mask, redact
 from rewards.registry import reward
 from rewards.text import column, completion_fields, prompt_text
@@ -71,13 +72,13 @@ class JudgeClient:
         if name is None or name in os.environ:
             return
         if not is_env_name(name):
-            raise ValueError(
+            raise UserError(
                 f"judge at {redact(self.url)}: api_key_env must be the name of an environment "
                 f"variable holding the key, but {mask(name)} is no variable name (a key pasted "
                 "in its place?); export the key and give the variable's name"
             )
         if name != DEFAULT_API_KEY_ENV:
-            raise ValueError(
+            raise UserError(
                 f"judge at {redact(self.url)}: api_key_env: no environment variable "
                 f"{env_name_for_display(name)} is set; export it, or set api_key_env: null for a "
                 "server that needs no key"

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from rewards import RewardRunner
+from rewards.errors import UserError
 from rewards.judge import JudgeClient, JudgeError
 from rewards.redact import mask, redact
 
@@ -101,7 +102,7 @@ def test_key_pasted_into_api_key_env_is_refused_masked(monkeypatch):
     spec = {"name": "paralinguistic_judge", "url": "http://127.0.0.1:1/v1", "model": "m"}
     with pytest.raises(ValueError, match=r"api_key_env .*'sk-t…' \(28 chars\) is no variable") as e:
         RewardRunner([{**spec, "api_key_env": SECRET}])
-    assert SECRET not in str(e.value)
+    assert SECRET not in str(e.value) and isinstance(e.value, UserError)  # rlhf: one line, exit 2
     hex_key = "f9e8d7c6b5a4392817069f8e7d6c5b4a"  # could be a variable's name, but none is set
     with pytest.raises(ValueError, match=r"no environment variable 'f9e8…' \(32 chars\)") as e:
         RewardRunner([{**spec, "api_key_env": hex_key}])
