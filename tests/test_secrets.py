@@ -154,6 +154,7 @@ def test_a_run_with_a_judge_leaves_no_secret_in_its_folder_or_log(
             f"data.path={tiny_dataset_dir}",
             f"run.output_dir={tmp_path / 'run'}",
             "run.steps=1",
+            "run.save_every=1",  # a checkpoint and its manifest are scanned too
             "rollout.prompts_per_step=1",
             "rollout.num_generations=2",
             "rollout.sampling.max_new_tokens=4",
@@ -165,7 +166,7 @@ def test_a_run_with_a_judge_leaves_no_secret_in_its_folder_or_log(
         RLTrainer(config).train()
     assert judge_port.auth and set(judge_port.auth) == {f"Bearer {SECRET}"}  # the key was used
     files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
-    assert any(p.name == "config.yaml" for p in files)
+    assert {"config.yaml", "manifest.json", "metrics.jsonl"} <= {p.name for p in files}
     for path in files:
         assert SECRET.encode() not in path.read_bytes(), path
     out = capsys.readouterr()
