@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("rlhf.evaluate", "evaluate a checkpoint on a held-out split"),
     "rewards": ("rlhf.reward_scoring", "score completions with reward functions"),
     "filter": ("rlhf.filter", "keep prompts whose pass rate lies in a band"),
-    "reward-model": ("rlhf.reward_model", "train a Bradley-Terry preference reward model"),
+    "reward-model": ("rlhf.train", "train a Bradley-Terry preference reward model"),
     "plot": ("rlhf.plot", "draw a run's metric curves to PNG"),
     "bench": ("rlhf.bench", "measure speed and memory"),
 }

@@ -350,6 +350,46 @@ class SFTConfig:
     epochs: int | None = option(None, "when set, overrides run.steps", ge=1)
 
 
+PAIR_KINDS = ("wrong_answer", "no_reasoning")
+
+
+@dataclass
+class RewardModelConfig:
+    """`rlhf reward-model`: one Bradley-Terry preference reward model."""
+
+    model: ModelConfig = option(
+        help="the SFT checkpoint the model starts from", factory=ModelConfig
+    )
+    data: DataConfig = option(
+        help="rows with chosen/rejected columns, or synthetic targets", factory=DataConfig
+    )
+    optim: OptimConfig = option(
+        help="the optimizer", factory=lambda: OptimConfig(lr=1e-5, micro_batch_size=4)
+    )
+    run: RunConfig = option(
+        help="the run folder and its length",
+        factory=lambda: RunConfig(output_dir="runs/reward_model", steps=200),
+    )
+    batch_size: int = option(16, "pairs per optimizer step, over all processes", ge=1)
+    max_length: int = option(
+        2048, "tokens of prompt + completion; longer completions are cut", ge=1
+    )
+    pair_kinds: list[str] = option(
+        help=f"pairs derived from synthetic targets (rows without chosen/rejected): "
+        f"{', '.join(PAIR_KINDS)}",
+        factory=lambda: list(PAIR_KINDS),
+    )
+    eval_pairs: int = option(
+        200, "pairs of data.eval_split scored at the end (0: no evaluation)", ge=0
+    )
+
+    def check(self, fail: Callable[[str, str], None]) -> None:
+        for kind in self.pair_kinds:
+            if kind not in PAIR_KINDS:
+                valid = ", ".join(PAIR_KINDS)
+                fail("pair_kinds", f"{kind!r} is not one of {valid}{_nearest(kind, PAIR_KINDS)}")
+
+
 def check_rewards(entries: list[Any], fail: Callable[[str, str], None]) -> None:
     """Resolve each reward's name and parameters now, without building it (no model loads)."""
     from rewards import RewardSpec, check_reward, registered_rewards
@@ -505,8 +545,11 @@ def _first_line(message: str) -> str:
 
 
 def config_to_yaml(config: Any, comments: bool = True) -> str:
-    """The resolved config as YAML, each key preceded by its help text as a comment."""
+    """The resolved config as YAML, each key preceded by its help text as a comment; credentials
+    masked (a judge URL's ``user:key@``, a key pasted into ``api_key_env``)."""
     import yaml
+
+    from rewards.redact import redact
 
     def scalar(value: Any) -> str:
         return (
@@ -530,7 +573,7 @@ def config_to_yaml(config: Any, comments: bool = True) -> str:
                 lines.append(f"{pad}{f.name}:")
                 emit(value, indent + 1)
             else:
-                lines.append(f"{pad}{f.name}: {scalar(value)}")
+                lines.append(f"{pad}{f.name}: {scalar(redact(value))}")
 
     emit(config, 0)
     return "\n".join(lines) + "\n"

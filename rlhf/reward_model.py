@@ -1,4 +1,4 @@
-"""`rlhf reward-model RECIPE.yaml [key=value ...]`: a Bradley–Terry preference reward model.
+"""A Bradley–Terry preference reward model (`rlhf reward-model RECIPE.yaml [key=value ...]`).
 
 Step-Audio 2's second PPO stage takes its reward from a learned preference model. This trains one:
 a ``StepAudio2ForSequenceClassification`` (the speech LLM with a one-output ``score`` head, read at
@@ -15,10 +15,9 @@ without reasoning (``no_reasoning``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +30,11 @@ from accelerate.utils import set_seed
 from rich.progress import track
 
 from rlhf.config import (
+    PAIR_KINDS,
     ConfigError,
     DataConfig,
     ModelConfig,
-    OptimConfig,
-    RunConfig,
-    load_config,
+    RewardModelConfig,
     save_config,
 )
 from rlhf.data import grammar
@@ -56,24 +54,6 @@ from rollouts.chat import AssistantTarget, render_completion
 from rollouts.processor import StepAudio2Processor
 from rollouts.types import PromptSample
 from rollouts.value_model import StepAudio2ForSequenceClassification, preference_inputs
-
-PAIR_KINDS = ("wrong_answer", "no_reasoning")
-
-
-@dataclass
-class RewardModelConfig:
-    """`rlhf reward-model`: one preference reward model."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, micro_batch_size=4))
-    run: RunConfig = field(
-        default_factory=lambda: RunConfig(output_dir="runs/reward_model", steps=200)
-    )
-    batch_size: int = 16  # pairs per optimizer step, over all processes
-    max_length: int = 2048  # tokens of prompt + completion; longer completions are cut
-    pair_kinds: list[str] = field(default_factory=lambda: list(PAIR_KINDS))  # derived pairs only
-    eval_pairs: int = 200  # pairs of data.eval_split scored at the end; 0: no evaluation
 
 
 @dataclass
@@ -163,7 +143,7 @@ def load_pairs(
     pairs: list[PreferencePair] = []
     rows = dataset.select(range(limit)) if limit < len(dataset) else dataset
     for index, row in enumerate(track(rows, description="building pairs", transient=True)):
-        sample = row_to_sample(row, index, source, think=data.think)
+        sample = row_to_sample(row, index, source, think=data.think, max_audio_s=data.max_audio_s)
         if given:
             pairs.append(PreferencePair(sample, str(row["chosen"]), str(row["rejected"])))
             continue
@@ -381,27 +361,3 @@ class RewardModelTrainer:
         return save_pretrained(
             self.model, self.processor, path, self.accelerator, self.config.model
         )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="YAML recipe (see recipes/tiny_reward_model.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-
-
-def run(args: argparse.Namespace) -> int:
-    config = load_config(RewardModelConfig, args.recipe, args.overrides)
-    started = time.perf_counter()
-    trainer = RewardModelTrainer(config)
-    history = trainer.train()
-    if trainer.is_main:
-        last = history[-1] if history else {}
-        print(
-            f"done: {trainer.global_step} steps in {time.perf_counter() - started:.0f} s, "
-            f"last loss {last.get('loss', float('nan')):.3f}, "
-            f"accuracy {last.get('accuracy', float('nan')):.2f}; "
-            f"checkpoint {trainer.run_dir / 'final'}"
-        )
-        evaluation = trainer.run_dir / "eval.json"
-        if evaluation.exists():
-            print(f"held-out pairs: {evaluation.read_text().strip()}")
-    return 0

@@ -1,8 +1,10 @@
-"""`rlhf train` and `rlhf sft`: a recipe and its overrides, checked, then the trainer.
+"""`rlhf train`, `rlhf sft`, `rlhf reward-model`: a recipe and its overrides, checked, then the
+trainer.
 
-    rlhf train RECIPE.yaml [key.sub=value ...] [--resume | --resume-from CHECKPOINT]
-                           [--print-config] [--dry-run]
-    rlhf sft   RECIPE.yaml [key.sub=value ...] [--print-config] [--dry-run]
+    rlhf train        RECIPE.yaml [key.sub=value ...] [--resume | --resume-from CHECKPOINT]
+                                  [--print-config] [--dry-run]
+    rlhf sft          RECIPE.yaml [key.sub=value ...] [--print-config] [--dry-run]
+    rlhf reward-model RECIPE.yaml [key.sub=value ...] [--print-config] [--dry-run]
 
 Before any weights load, ``rlhf.preflight`` checks what can be checked cheaply (paths, the
 model's config, the dataset split); small datasets are scanned row by row too (``data.validate``).
@@ -14,11 +16,6 @@ from __future__ import annotations
 
 import argparse
 import time
-
-RESUME_HELP = (
-    "--resume continues from the newest intact checkpoint in run.output_dir; "
-    "--resume-from PATH from that checkpoint folder"
-)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,16 +36,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     if parser.get_default("command") == "train":
         group = parser.add_mutually_exclusive_group()
-        group.add_argument("--resume", action="store_true", help=RESUME_HELP)
-        group.add_argument("--resume-from", metavar="PATH", default=None, help=RESUME_HELP)
+        group.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue from the newest intact checkpoint in run.output_dir (a flag: "
+            "`--resume run.steps=5` keeps run.steps=5 an override)",
+        )
+        group.add_argument(
+            "--resume-from", metavar="PATH", default=None, help="continue from this checkpoint"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
     from rlhf import preflight
-    from rlhf.config import RLConfig, SFTConfig, config_to_yaml, load_config
+    from rlhf.config import RewardModelConfig, RLConfig, SFTConfig, config_to_yaml, load_config
 
-    is_sft = args.command == "sft"
-    config = load_config(SFTConfig if is_sft else RLConfig, args.recipe, args.overrides)
+    schemas = {"train": RLConfig, "sft": SFTConfig, "reward-model": RewardModelConfig}
+    config = load_config(schemas[args.command], args.recipe, args.overrides)
     if args.print_config:
         print(config_to_yaml(config), end="")
         return 0
@@ -58,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"dry run: {args.recipe} is ready to train")
         return 0
     started = time.perf_counter()
-    if is_sft:
+    if args.command == "reward-model":
+        return _train_reward_model(config, started)
+    if args.command == "sft":
         from rlhf.sft import SFTTrainer
 
         trainer = SFTTrainer(config)
@@ -82,4 +88,23 @@ def run(args: argparse.Namespace) -> int:
             f"run folder {config.run.output_dir}"
         )
         print(f"last step mean reward {last.get('reward_total', {}).get('mean')}")
+    return 0
+
+
+def _train_reward_model(config, started: float) -> int:
+    from rlhf.reward_model import RewardModelTrainer
+
+    trainer = RewardModelTrainer(config)
+    history = trainer.train()
+    if trainer.is_main:
+        last = history[-1] if history else {}
+        print(
+            f"done: {trainer.global_step} steps in {time.perf_counter() - started:.0f} s, "
+            f"last loss {last.get('loss', float('nan')):.3f}, "
+            f"accuracy {last.get('accuracy', float('nan')):.2f}; "
+            f"checkpoint {trainer.run_dir / 'final'}"
+        )
+        evaluation = trainer.run_dir / "eval.json"
+        if evaluation.exists():
+            print(f"held-out pairs: {evaluation.read_text().strip()}")
     return 0
