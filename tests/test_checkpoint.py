@@ -225,3 +225,31 @@ def test_resume_restores_a_checkpoint_of_this_run(trained_run, tiny_model_dir, t
         checkpoint=trained_run / "step-000001",
     )
     assert trainer.global_step == 1
+
+
+def test_rlhf_train_resume_from_a_checkpoint_without_weights_is_one_line_and_exit_2(
+    trained_run, tiny_model_dir, tiny_dataset_dir, tmp_path, capsys
+):
+    from rlhf.cli import main
+
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    (run / "step-000001" / "model.safetensors").unlink()
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("rewards:\n  - {name: trainer_test_think_chars}\n")
+    overrides = [
+        f"model.path={tiny_model_dir}",
+        f"data.path={tiny_dataset_dir}",
+        "data.tasks=[gender,pitch,speed]",
+        f"run.output_dir={run}",
+        "run.steps=2",
+        "rollout.prompts_per_step=2",
+        "rollout.num_generations=4",
+    ]
+    code = main(["train", str(recipe), *overrides, "--resume-from", str(run / "step-000001")])
+    assert code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == (
+        f"rlhf train: error: --resume: {run / 'step-000001'} is incomplete: "
+        "model.safetensors is missing"
+    )
+    assert list_checkpoints(run) == [run / "step-000001"]  # nothing trained
