@@ -400,3 +400,13 @@ def test_a_hub_id_goes_through_datasets_load_dataset(monkeypatch):
 def test_a_path_that_is_neither_local_nor_a_hub_id_is_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such dataset file or folder"):
         load_prompt_dataset(tmp_path / "a" / "b", "train")
+
+
+def test_the_trainers_import_without_the_ray_and_trl_extras():
+    """`pip install -e .` (no extras) is enough for `rlhf demo`: nothing it imports needs them."""
+    code = (
+        "import sys\n"
+        "sys.modules['ray'] = sys.modules['trl'] = None\n"
+        "import rlhf.trainer, rlhf.sft, rlhf.reward_model, rlhf.evaluate, rlhf.demo, rlhf.data.synth"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
