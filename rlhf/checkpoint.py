@@ -177,9 +177,21 @@ def _replace(tmp: Path, target: Path) -> None:
 
 def _write_failure(target: Path, err: BaseException) -> str:
     reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip()
-    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-        reason = "no space left on device"
-    return f"cannot write {target}: {reason.splitlines()[0] if reason else type(err).__name__}"
+    reason = reason.splitlines()[0] if reason else type(err).__name__
+    if isinstance(err, OSError):
+        if err.errno == errno.ENOSPC:
+            reason = "no space left on device"
+    elif _disk_full(target):  # torch's and safetensors' writers say it in their own words
+        reason = f"no space left on device ({reason})"
+    return f"cannot write {target}: {reason}"
+
+
+def _disk_full(target: Path, below: int = 1 << 20) -> bool:
+    folder = next((p for p in (target, *target.parents) if p.is_dir()), None)
+    try:
+        return folder is not None and shutil.disk_usage(folder).free < below
+    except OSError:
+        return False
 
 
 def save_checkpoint(

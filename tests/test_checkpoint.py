@@ -6,6 +6,7 @@ import errno
 import json
 import logging
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -135,6 +136,15 @@ def test_a_failed_write_is_one_line_and_keeps_the_previous_checkpoint(
     assert message.endswith("; step-000002 is intact")
     assert [p.name for p in tmp_path.iterdir()] == ["step-000002"]  # no temporary folder left
     assert find_checkpoint(tmp_path, IDENTITY) == previous
+
+
+def test_torchs_words_for_a_full_disk_are_explained(tmp_path, accelerator, monkeypatch):
+    def write(folder):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=0))
+    with pytest.raises(CheckpointError, match=r"step-000004: no space left on device \(\[enforce"):
+        save(tmp_path, 4, accelerator, write=write)
 
 
 def test_an_output_path_that_is_a_file_is_one_line(tmp_path):
