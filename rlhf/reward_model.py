@@ -235,6 +235,7 @@ class RewardModelTrainer:
             project=config.run.project,
             main_process=self.is_main,
         )
+        self.logger.truncate_after(0)  # a fresh run (the reward model does not resume)
         self.global_step = 0
 
     @property
