@@ -5,6 +5,9 @@
   CPU (peak RSS above the inputs) or measures ``torch.cuda.max_memory_allocated`` on a GPU.
 - ``rlhf bench generate``: batched generation of 8 clips × 64 tokens on a model folder, with and
   without the KV cache.
+- ``rlhf bench step``: one GRPO configuration (8 prompts × 8 samples × 64 tokens, β 0.04, full
+  fine-tuning) on the same tiny text model, prompts and reward, through our trainer and through
+  TRL's ``GRPOTrainer``, in one run: seconds per step of each and their ratio.
 """
 
 from __future__ import annotations
@@ -154,6 +157,159 @@ def bench_cli(args: argparse.Namespace) -> dict:
     return results
 
 
+STEP_PROMPTS, STEP_SAMPLES, STEP_TOKENS, STEP_BETA, STEP_MICRO_BATCH = 8, 8, 64, 0.04, 16
+
+
+def _step_reward(prompts, completions, **kwargs) -> list[float]:
+    """Characters written, scaled: varies across random completions, so advantages are not 0."""
+    from rewards.text import completion_text
+
+    return [len(completion_text(c)) / 100 for c in completions]
+
+
+def _step_workload(out: Path) -> tuple[Path, Path]:
+    """The tiny text model and a JSONL of chat prompts (grammar sentences), written under ``out``."""
+    from rlhf.data.grammar import corpus
+    from rollouts.tiny import make_tiny
+
+    sentences = corpus().splitlines()
+    model = make_tiny(out / "model", sentences, arch="text")
+    rows = [
+        {"messages": [{"role": "user", "content": f"Say it again: {sentence}"}]}
+        for sentence in sentences[:STEP_PROMPTS]
+    ]
+    prompts = out / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    return model, prompts
+
+
+def _ours_step_seconds(model: Path, prompts: Path, out: Path, steps: int) -> list[float]:
+    from rewards import reward
+    from rlhf.config import RLConfig, load_config
+    from rlhf.trainer import RLTrainer
+
+    reward("bench_step_length")(_step_reward)
+    config = load_config(
+        RLConfig,
+        None,
+        [
+            f"model.path={model}",
+            f"data.path={prompts}",
+            "data.think=false",  # TRL's prompts are the chat template's, with no think prefill
+            f"run.output_dir={out}",
+            f"run.steps={steps}",
+            "run.save_every=0",
+            f"rollout.prompts_per_step={STEP_PROMPTS}",
+            f"rollout.num_generations={STEP_SAMPLES}",
+            f"rollout.batch_size={STEP_PROMPTS * STEP_SAMPLES}",
+            f"rollout.sampling.max_new_tokens={STEP_TOKENS}",
+            "rollout.sampling.temperature=1.0",
+            "rollout.sampling.top_p=1.0",
+            "rollout.sampling.repetition_penalty=1.0",
+            f"algorithm.beta={STEP_BETA}",
+            "optim.lr=1e-6",
+            f"optim.micro_batch_size={STEP_MICRO_BATCH}",
+            "rewards=[{name: bench_step_length}]",
+        ],
+    )
+    trainer = RLTrainer(config)
+    seconds = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        trainer.step()
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def _trl_step_seconds(model: Path, prompts: Path, out: Path, steps: int) -> list[float]:
+    import datasets
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.seconds: list[float] = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seconds.append(time.perf_counter() - self.started)
+
+    clock = StepClock()
+    dataset = datasets.load_dataset("json", data_files=str(prompts), split="train")
+    dataset = dataset.map(lambda row: {"prompt": row["messages"]}, remove_columns=["messages"])
+    args = GRPOConfig(
+        output_dir=str(out),
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        max_steps=steps,
+        learning_rate=1e-6,
+        per_device_train_batch_size=STEP_MICRO_BATCH,
+        gradient_accumulation_steps=STEP_PROMPTS * STEP_SAMPLES // STEP_MICRO_BATCH,
+        num_generations=STEP_SAMPLES,
+        max_completion_length=STEP_TOKENS,
+        temperature=1.0,
+        top_p=1.0,
+        repetition_penalty=1.0,
+        beta=STEP_BETA,
+        logging_strategy="no",
+        save_strategy="no",
+        seed=0,
+    )
+    trainer = GRPOTrainer(
+        model=str(model),
+        reward_funcs=_step_reward,
+        args=args,
+        train_dataset=dataset,
+        processing_class=AutoTokenizer.from_pretrained(model),
+        callbacks=[clock],
+    )
+    trainer.train()
+    return clock.seconds
+
+
+def bench_step(args: argparse.Namespace) -> dict:
+    """Seconds per GRPO step of our trainer and of TRL's on one workload; the first step of
+    each is a warm-up and not counted."""
+    import tempfile
+
+    import torch
+    import trl
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        model, prompts = _step_workload(out)
+        ours = _ours_step_seconds(model, prompts, out / "ours", args.steps + 1)[1:]
+        theirs = _trl_step_seconds(model, prompts, out / "trl", args.steps + 1)[1:]
+    results = {
+        "workload": {
+            "prompts": STEP_PROMPTS,
+            "samples": STEP_SAMPLES,
+            "max_new_tokens": STEP_TOKENS,
+            "beta": STEP_BETA,
+            "micro_batch": STEP_MICRO_BATCH,
+            "threads": torch.get_num_threads(),
+            "trl": trl.__version__,
+        },
+        "ours_s_per_step": sum(ours) / len(ours),
+        "trl_s_per_step": sum(theirs) / len(theirs),
+        "ours_steps": ours,
+        "trl_steps": theirs,
+    }
+    results["ratio"] = results["ours_s_per_step"] / results["trl_s_per_step"]
+    print(
+        f"GRPO step, {STEP_PROMPTS} prompts × {STEP_SAMPLES} samples × {STEP_TOKENS} tokens, "
+        f"β {STEP_BETA}, full fine-tuning, tiny text model, {torch.get_num_threads()} threads, "
+        f"mean of {args.steps} steps after one warm-up:\n"
+        f"  ours {results['ours_s_per_step']:6.2f} s/step\n"
+        f"  TRL  {results['trl_s_per_step']:6.2f} s/step (trl {trl.__version__} GRPOTrainer)\n"
+        f"  ours / TRL = {results['ratio']:.2f}"
+    )
+    return results
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     lp = sub.add_parser("logprobs", help="chunked vs naive log-prob memory")
@@ -170,7 +326,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     cli = sub.add_parser("cli", help="seconds until `rlhf --help` and `rlhf CMD --help` answer")
     cli.add_argument("--repeats", type=int, default=3, help="runs per command (median)")
-    for p in (lp, gen, cli):
+    step = sub.add_parser("step", help="seconds per GRPO step: our trainer against TRL's")
+    step.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up)")
+    for p in (lp, gen, cli, step):
         p.add_argument("--json", type=Path, default=None, help="also write the figures here")
 
 
@@ -179,7 +337,12 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    benches = {"logprobs": bench_logprobs, "generate": bench_generate, "cli": bench_cli}
+    benches = {
+        "logprobs": bench_logprobs,
+        "generate": bench_generate,
+        "cli": bench_cli,
+        "step": bench_step,
+    }
     results = benches[args.what](args)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
