@@ -25,6 +25,7 @@ from rich.progress import track
 
 from rewards import RewardRunner, RewardSpec
 from rlhf.config import RLConfig, load_config
+from rlhf.preflight import check_model_path
 
 if TYPE_CHECKING:  # torch, datasets and the model load in the functions that use them
     import datasets
@@ -215,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
     import rollouts  # noqa: F401  (registers the architecture and rollouts' rewards)
 
     config = load_config(RLConfig, args.recipe, args.overrides)
+    check_model_path("model.path", config.model.path)
     summary = filter_prompts(
         config, args.out, tuple(args.band), args.samples, args.threshold, args.reward
     )

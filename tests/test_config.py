@@ -199,6 +199,16 @@ def test_a_missing_model_path_says_so_without_a_hub_error(tmp_path):
         preflight.check_model_path("model.path", str(tmp_path / "nope" / "final"))
 
 
+@pytest.mark.parametrize("command", ["train", "filter"])
+def test_rlhf_with_a_missing_model_is_one_line_exit_2(command, tmp_path, capsys):
+    missing = tmp_path / "runs" / "sft" / "final"
+    args = [command, str(GRPO), f"model.path={missing}", f"run.output_dir={tmp_path / 'r'}"]
+    assert main([*args, *(["--out", str(tmp_path / "o")] if command == "filter" else [])]) == 2
+    assert (
+        capsys.readouterr().err == f"rlhf {command}: error: model.path: {missing}: no such folder\n"
+    )
+
+
 def test_a_hub_id_missing_from_the_offline_cache_is_refused(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError, match="not-an-org/no-such-model: no such local folder"):
