@@ -490,6 +490,8 @@ class RLTrainer:
         """What the update will learn from, over all processes: trained tokens, the largest
         |advantage| on them (0: nothing to learn) and, with a critic, its explained variance."""
         stats = StepMetrics()
+        stats.total({"trained_tokens": 0.0})  # also when every group was dropped
+        stats.maximum({"advantage_abs_max": 0.0})
         for mb in micro_batches:
             trained = mb.loss_mask.bool()
             advantages = mb.advantages if mb.advantages.dim() == 2 else mb.advantages[:, None]
