@@ -168,11 +168,24 @@ class RayConfig:
 
 
 @dataclass
+class VLLMConfig:
+    max_model_len: int = option(4096, "longest prompt + completion vLLM serves, in tokens", ge=1)
+    gpu_memory_utilization: float = option(
+        0.3, "GPU memory share vLLM may take beside the trainer (GPU only)", gt=0, le=1
+    )
+    kv_cache_gib: float | None = option(
+        None, "fixed KV cache size in GiB (null: from gpu_memory_utilization; CPU: 0.5)", gt=0
+    )
+    enforce_eager: bool = option(False, "no CUDA graphs (always so on CPU)")
+    sleep: bool = option(True, "offload vLLM's weights and free its KV cache while training (GPU)")
+
+
+@dataclass
 class RolloutConfig:
     engine: str = option(
         "local",
-        "where completions are generated: in process, or on Ray workers",
-        choices=("local", "ray"),
+        "where completions are generated: in process, on Ray workers, or with vLLM",
+        choices=("local", "ray", "vllm"),
     )
     prompts_per_step: int = option(8, "prompts sampled per RL step", ge=1)
     num_generations: int = option(
@@ -184,6 +197,7 @@ class RolloutConfig:
     )
     sampling: SamplingConfig = option(help="decoding settings", factory=SamplingConfig)
     ray: RayConfig = option(help="Ray workers (rollout.engine=ray)", factory=RayConfig)
+    vllm: VLLMConfig = option(help="the vLLM engine (rollout.engine=vllm)", factory=VLLMConfig)
 
 
 @dataclass
@@ -223,6 +237,13 @@ class AlgorithmConfig:
     clip_high: float = option(0.2, "upper clip range of the importance ratio (1 + clip_high)", ge=0)
     importance_sampling: str = option(
         "token", "ratio per token, or per sequence (GSPO)", choices=("token", "sequence")
+    )
+    tis_cap: float | None = option(
+        None,
+        "truncated importance sampling on the trainer/engine ratio: each token's loss is weighted "
+        "by min(exp(logp_trainer - logp_engine), tis_cap) (null: 3 with rollout.engine=vllm, "
+        "off otherwise; 0: off)",
+        ge=0,
     )
     beta: float = option(0.0, "KL coefficient to the reference policy (0: no reference)", ge=0)
     kl_estimator: str = option(

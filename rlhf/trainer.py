@@ -29,7 +29,14 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 
 from rewards import RewardRunner, RewardSpec
-from rlhf.algorithms import final_token_rewards, gae, group_advantages, kl_penalty, policy_loss
+from rlhf.algorithms import (
+    final_token_rewards,
+    gae,
+    group_advantages,
+    kl_penalty,
+    policy_loss,
+    truncated_importance_weights,
+)
 from rlhf.algorithms.filtering import difficulty_filter, dynamic_sampling_mask, pass_rate
 from rlhf.checkpoint import (
     TRAINER_STATE,
@@ -99,6 +106,10 @@ class RLTrainer:
         self.model = disable_dropout(self.policy.model)
         self.scorer = LogProbModel(self.policy)
         self.lora = config.model.lora.enabled
+        # truncated importance sampling of the engine/trainer mismatch: by default where the
+        # engine computes its own log-probs (vLLM), not where it runs the trainer's model code
+        default_cap = 3.0 if config.rollout.engine == "vllm" else 0.0
+        self.tis_cap = default_cap if acfg.tis_cap is None else acfg.tis_cap
         # The reference: with LoRA, the same base with adapters disabled; otherwise the starting
         # checkpoint loaded again (sharded like the policy, never a copy of the policy's memory).
         self.reference: LogProbModel | None = None
@@ -145,7 +156,8 @@ class RLTrainer:
         if self.accelerator.is_main_process:
             self.engine = build_engine(
                 config,
-                self.policy if self.shares_weights else engine_policy(config, device),
+                # an engine of its own model (vLLM, Ray) needs no second copy of the policy here
+                self.policy if self.shares_weights or not local else engine_policy(config, device),
                 reward_specs(config.rewards),
                 shares_weights=self.shares_weights,
             )
@@ -390,6 +402,11 @@ class RLTrainer:
                     continue
                 logprobs, entropy = self.logprobs(mb.sequences, with_entropy=True)
                 old = mb.old_logprobs if acfg.num_iterations > 1 else logprobs.detach()
+                tis_weights, tis_stats = None, {}
+                if self.tis_cap > 0:
+                    tis_weights, tis_stats = truncated_importance_weights(
+                        old, mb.behaviour_logprobs, mb.loss_mask, self.tis_cap
+                    )
                 loss, stats = policy_loss(
                     logprobs,
                     old,
@@ -404,6 +421,7 @@ class RLTrainer:
                     kl_estimator=acfg.kl_estimator,
                     entropy=entropy,
                     entropy_coef=acfg.entropy_coef,
+                    importance_weights=tis_weights,
                     max_completion_length=cfg.rollout.sampling.max_new_tokens,
                     # normalise by the whole batch so the micro-batch gradients sum to its gradient
                     total_tokens=totals["tokens"],
@@ -413,6 +431,7 @@ class RLTrainer:
                 tokens = mb.loss_mask.sum()
                 mismatch = (logprobs.detach() - mb.behaviour_logprobs).abs() * mb.loss_mask
                 stats["logprob_mismatch"] = float(mismatch.sum() / tokens.clamp(min=1))
+                stats.update(tis_stats)
                 # approx_kl: 0.5 (log π - log π_old)² per trained token (TRL's PPO estimator),
                 # against the policy that sampled (num_iterations 1) or the step's old policy
                 behaviour = mb.old_logprobs if acfg.num_iterations > 1 else mb.behaviour_logprobs
@@ -741,4 +760,8 @@ def build_engine(
         # join the configured cluster before a remote reward would start Ray on its own
         connect(ray.address, ray.num_workers, ray.num_cpus_per_worker, ray.num_gpus_per_worker)
         return RayEngine.from_config(config, RewardRunner(reward_specs))
-    raise ValueError(f"rollout.engine: unknown {rcfg.engine!r}; choose 'local' or 'ray'")
+    if rcfg.engine == "vllm":
+        from rollouts.vllm_engine import VLLMEngine
+
+        return VLLMEngine.from_config(config, policy.adapter, RewardRunner(reward_specs))
+    raise ValueError(f"rollout.engine: unknown {rcfg.engine!r}; choose 'local', 'vllm' or 'ray'")

@@ -92,6 +92,32 @@ class VLLMEngine:
         self._metrics: dict[str, Any] = {}
         self._sync: dict[str, float] = {}
 
+    @classmethod
+    def from_config(
+        cls, config: Any, adapter: ModelAdapter, reward_runner: RewardRunner | None = None
+    ) -> VLLMEngine:
+        """Build from a recipe: ``config.model`` (checkpoint, compute dtype, LoRA) and
+        ``config.rollout`` (with ``.vllm``)."""
+        mcfg, rcfg = config.model, config.rollout
+        lora = None
+        if mcfg.lora.enabled:  # the trainer's adapter, so that its tensors load by name
+            lora = {
+                "r": mcfg.lora.r,
+                "lora_alpha": mcfg.lora.alpha,
+                "target_modules": adapter.lora_target_modules(mcfg.lora.target_modules),
+            }
+        vcfg = rcfg.vllm
+        options = VLLMOptions(
+            dtype=mcfg.dtype,
+            max_model_len=vcfg.max_model_len,
+            gpu_memory_utilization=vcfg.gpu_memory_utilization,
+            kv_cache_gib=vcfg.kv_cache_gib,
+            enforce_eager=vcfg.enforce_eager,
+            sleep=vcfg.sleep,
+            lora=lora,
+        )
+        return cls(mcfg.path, adapter, reward_runner, train_on=rcfg.train_on, options=options)
+
     def metrics(self) -> dict[str, Any]:
         """Time split and reward statistics of the last ``generate``, and the last sync's cost."""
         return {**self._metrics, "vllm": {**self._sync, "policy_version": self.policy_version}}

@@ -20,6 +20,7 @@ from rlhf.algorithms.losses import (
     aggregate,
     kl_estimate,
     policy_loss,
+    truncated_importance_weights,
     value_loss,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "kl_penalty",
     "pass_rate",
     "policy_loss",
+    "truncated_importance_weights",
     "value_loss",
     "whiten",
 ]

@@ -93,6 +93,33 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator =
     raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {estimator!r}")
 
 
+def truncated_importance_weights(
+    old_logprobs: Tensor, behaviour_logprobs: Tensor, mask: Tensor, cap: float
+) -> tuple[Tensor, dict[str, float]]:
+    """Truncated importance sampling (TIS) weights of the engine/trainer mismatch, ``[B, T]``.
+
+    A rollout engine (vLLM) samples from slightly different probabilities than the trainer
+    computes (other kernels, precision), so its samples are off-policy for the trainer's old
+    policy. Each token's loss is weighted by ``min(π_old / π_engine, cap) =
+    min(exp(old - behaviour), cap)``, as TRL's ``token_truncate`` and verl's TIS do; the cap bounds
+    the variance that a rare engine token would add. No gradient flows through the weights.
+    Metrics: ``tis_weight_mean`` and ``tis_truncated_fraction`` over trained tokens.
+    """
+    _check_same_shape(mask, old_logprobs=old_logprobs, behaviour_logprobs=behaviour_logprobs)
+    if cap <= 0:
+        raise ValueError(f"the TIS cap must be > 0, got {cap}")
+    valid = mask.bool()
+    log_ratio = torch.where(valid, old_logprobs.float() - behaviour_logprobs.float(), 0.0)
+    ratio = torch.exp(log_ratio.detach())
+    weights = ratio.clamp(max=cap)
+    count = valid.sum().clamp(min=1)
+    metrics = {
+        "tis_weight_mean": (torch.where(valid, weights, 0.0).sum() / count).item(),
+        "tis_truncated_fraction": ((ratio > cap) & valid).sum().item() / count.item(),
+    }
+    return weights, metrics
+
+
 def policy_loss(
     logprobs: Tensor,
     old_logprobs: Tensor,
@@ -107,6 +134,7 @@ def policy_loss(
     beta: float = 0.0,
     kl_estimator: KLEstimator = "k3",
     kl_importance_weighted: bool = True,
+    importance_weights: Tensor | None = None,
     entropy: Tensor | None = None,
     entropy_coef: float = 0.0,
     max_completion_length: int | None = None,
@@ -132,6 +160,9 @@ def policy_loss(
             importance ratio, which makes its gradient the unbiased reverse-KL gradient when the
             samples come from the old policy (DeepSeek-V3.2; TRL's ``use_bias_correction_kl``,
             on by default in TRL 1.16). It changes the gradient even on-policy.
+        importance_weights: ``[B, T]`` weights of each token's surrogate (not of the KL or
+            entropy terms), e.g. ``truncated_importance_weights`` of an engine that samples from
+            other probabilities than the trainer's (TRL multiplies the same term).
         entropy, entropy_coef: ``[B, T]`` per-token entropy; ``entropy_coef`` times its token
             mean over the batch is subtracted (TRL's entropy bonus, whatever the aggregation).
 
@@ -146,6 +177,7 @@ def policy_loss(
         old_logprobs=old_logprobs,
         ref_logprobs=ref_logprobs,
         entropy=entropy,
+        importance_weights=importance_weights,
     )
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1)
@@ -169,6 +201,8 @@ def policy_loss(
     ratio = torch.exp(log_ratio)
     clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
     per_token = -torch.min(ratio * advantages, clipped * advantages)
+    if importance_weights is not None:
+        per_token = per_token * importance_weights.float()
 
     def reduce(x: Tensor) -> Tensor:
         return aggregate(
