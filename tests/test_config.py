@@ -20,6 +20,7 @@ from rlhf.cli import main
 from rlhf.config import (
     LR_SCHEDULERS,
     ConfigError,
+    RewardModelConfig,
     RLConfig,
     SFTConfig,
     config_to_yaml,
@@ -165,7 +166,7 @@ def _fields(schema, prefix=""):
             yield from _fields(type(default), f"{prefix}{f.name}.")
 
 
-@pytest.mark.parametrize("schema", [RLConfig, SFTConfig])
+@pytest.mark.parametrize("schema", [RLConfig, SFTConfig, RewardModelConfig])
 def test_every_key_has_a_help_text(schema):
     missing = [key for key, f in _fields(schema) if not f.metadata.get("help")]
     assert missing == []
