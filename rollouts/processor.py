@@ -20,6 +20,20 @@ from rollouts.tokens import SpecialIds
 from rollouts.types import PromptSample
 
 
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, left: bool) -> dict[str, torch.Tensor]:
+    """``input_ids`` / ``attention_mask`` of token rows, padded on the left or the right."""
+    if not rows:
+        raise ValueError("no samples to process")
+    longest = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for b, row in enumerate(rows):
+        span = slice(longest - len(row), longest) if left else slice(0, len(row))
+        input_ids[b, span] = torch.tensor(list(row), dtype=torch.long)
+        attention_mask[b, span] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
 class StepAudio2Processor(ProcessorMixin):
     """Wraps the tokenizer; ``__call__`` builds generation inputs, ``sft_batch`` training ones."""
 
@@ -55,16 +69,7 @@ class StepAudio2Processor(ProcessorMixin):
         return {"input_features": features, "feature_lens": feature_lens}
 
     def _pad(self, rows: Sequence[list[int]], left: bool) -> dict[str, torch.Tensor]:
-        if not rows:
-            raise ValueError("no samples to process")
-        longest = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), longest), self.special_ids.pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
-        for b, row in enumerate(rows):
-            span = slice(longest - len(row), longest) if left else slice(0, len(row))
-            input_ids[b, span] = torch.tensor(row, dtype=torch.long)
-            attention_mask[b, span] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+        return pad_rows(rows, self.special_ids.pad, left)
 
     def __call__(self, samples: Sequence[PromptSample]) -> dict[str, torch.Tensor | None]:
         """Generation inputs: ``input_ids`` / ``attention_mask`` left padded, audio features of

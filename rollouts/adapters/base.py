@@ -38,20 +38,6 @@ class VllmNames:
     multi_modal_data_key: str | None = "audio"
 
 
-def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, left: bool) -> dict[str, torch.Tensor]:
-    """``input_ids`` / ``attention_mask`` of token rows, padded on the left or the right."""
-    if not rows:
-        raise ValueError("no samples to process")
-    longest = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
-    for b, row in enumerate(rows):
-        span = slice(longest - len(row), longest) if left else slice(0, len(row))
-        input_ids[b, span] = torch.tensor(list(row), dtype=torch.long)
-        attention_mask[b, span] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
-
-
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids that skip padding, so left- and right-padded rows see the same positions."""
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from rollouts.adapters.base import ModelAdapter, VllmNames, pad_rows
+from rollouts.adapters.base import ModelAdapter, VllmNames
 from rollouts.chat import (
     ANSWER_SEPARATOR,
     IGNORE_INDEX,
@@ -25,6 +25,7 @@ from rollouts.chat import (
     TrainOn,
     parse_completion_text,
 )
+from rollouts.processor import pad_rows
 from rollouts.tokens import THINK_END
 from rollouts.types import PromptSample
 
