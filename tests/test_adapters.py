@@ -23,6 +23,7 @@ from rollouts.adapters import (
     StepAudio2Adapter,
     adapter_for,
 )
+from rollouts.audio import AudioError
 from rollouts.chat import IGNORE_INDEX, AssistantTarget
 from rollouts.engine import LocalEngine
 from rollouts.policy import Policy
@@ -267,3 +268,23 @@ def test_a_rollout_whose_prompt_lost_its_clip_is_named(arch, tmp_path_factory):
     batch.input_features, batch.clip_index = batch.input_features[:0], batch.clip_index[:1]
     with pytest.raises(AudioMismatchError, match="batch row 1"):
         policy.logprobs(batch)
+
+
+def test_chat_template_models_refuse_what_they_cannot_render(arch_dir):
+    arch, path = arch_dir
+    if arch == "step-audio-2":
+        pytest.skip("Step-Audio 2 renders tools and speaks")
+    adapter = Policy.from_pretrained(path).adapter
+    sample = prompts(arch)[0]
+    sample.tools = [{"type": "function", "function": {"name": "lookup"}}]
+    with pytest.raises(ValueError, match=r"sample 'p0': .*tools"):
+        adapter.prompt_inputs([sample])
+    sample.tools = None
+    with pytest.raises(ValueError, match=r"sample 'p0': .*writes text only"):
+        adapter.sft_batch([sample], [AssistantTarget(think=None, text="hi", audio_codes=[1, 2])])
+    if arch == "qwen2-audio":  # its processor would cut a clip past the encoder's window
+        (long,) = prompts(arch, 1, seconds=(10.5,))
+        with pytest.raises(
+            AudioError, match=r"sample .p0.: audio\[0\] lasts 10.5 s .* at most 10 s"
+        ):
+            adapter.prompt_inputs([long])

@@ -97,9 +97,10 @@ class CausalLMAdapter(ModelAdapter):
 
     def render(self, sample: PromptSample) -> str:
         """The prompt text: chat template with the generation prompt, then the think prefill."""
-        template_owner = self.processor if hasattr(self.processor, "apply_chat_template") else None
-        render = (template_owner or self.tokenizer).apply_chat_template
-        text = render(
+        template = getattr(self.processor, "chat_template", None) or ""
+        if sample.tools and "tools" not in template:
+            raise ValueError("the sample has tools but this model's chat template ignores them")
+        text = self.processor.apply_chat_template(
             self.chat(sample), tools=sample.tools, tokenize=False, add_generation_prompt=True
         )
         return text + (THINK_PREFILL if sample.think else "")
@@ -128,7 +129,7 @@ class CausalLMAdapter(ModelAdapter):
             try:
                 ids, features = self.encode_prompt(sample)
             except ValueError as e:
-                raise ValueError(f"sample {sample.id!r}: {e}") from e
+                raise type(e)(f"sample {sample.id!r}: {e}") from e
             rows.append(ids)
             if features:
                 audio.append(features)
@@ -158,7 +159,7 @@ class CausalLMAdapter(ModelAdapter):
             try:
                 completion = self.encode_target(target, sample.think)
             except ValueError as e:
-                raise ValueError(f"sample {sample.id!r}: {e}") from e
+                raise type(e)(f"sample {sample.id!r}: {e}") from e
             mask = self.loss_mask(completion, train_on)
             rows.append(prompt + completion)
             label_rows.append(
