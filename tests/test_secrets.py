@@ -125,8 +125,8 @@ def test_unset_default_key_warns_once_and_sends_no_key(judge_port, monkeypatch, 
     assert judge_port.auth == [None]
 
 
-def test_recipe_given_to_trackers_has_no_secret():
-    from rlhf.config import RLConfig, load_config
+def test_recipe_given_to_trackers_or_printed_has_no_secret():
+    from rlhf.config import RLConfig, config_to_yaml, load_config
     from rlhf.metrics import tracker_config
 
     url = f"https://judge:{SECRET}@judge.example.com/v1"
@@ -135,6 +135,8 @@ def test_recipe_given_to_trackers_has_no_secret():
     assert config.rewards[0]["url"] == url  # the run itself keeps the real URL
     flat = json.dumps(tracker_config(config))
     assert SECRET not in flat and "https://***@judge.example.com/v1" in flat
+    printed = config_to_yaml(config)  # rlhf train --print-config
+    assert SECRET not in printed and "https://***@judge.example.com/v1" in printed
 
 
 def test_a_run_with_a_judge_leaves_no_secret_in_its_folder_or_log(
