@@ -2,11 +2,11 @@
 
 The API key is read from the environment variable named in the recipe at each request; it is
 never stored on an object, logged, or put in an error message. Credentials written into the URL
-(``https://user:key@host/v1``) are sent as HTTP Basic auth, as curl does, and masked wherever the
-URL is shown. Requests run concurrently (up to
-``max_concurrency``); a failed request is retried with exponential backoff; a request that still
-fails gives None for its sample. When every request of a batch fails the reward raises, so the
-runner counts and reports the failure instead of hiding it.
+(``https://user:key@host/v1``) are sent as HTTP Basic auth, as curl does, when no key is, and
+masked wherever the URL is shown. Requests run concurrently (up to ``max_concurrency``); a failed
+request is retried with exponential backoff; a request that still fails gives None for its sample.
+When every request of a batch fails the reward raises, so the runner counts and reports the
+failure instead of hiding it.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ class JudgeClient:
                 f"{env_name_for_display(name)} is set; export it, or set api_key_env: null for a "
                 "server that needs no key"
             )
-        _warn_no_key(redact(self.url))
+        if "@" not in urllib.parse.urlsplit(self.url).netloc:  # else the URL's credentials go
+            _warn_no_key(redact(self.url))
 
     def __repr__(self) -> str:
         return f"JudgeClient(url={redact(self.url)!r}, model={self.model!r})"

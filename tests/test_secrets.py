@@ -120,6 +120,7 @@ def test_unset_default_key_warns_once_and_sends_no_key(judge_port, monkeypatch, 
     with caplog.at_level(logging.WARNING):
         runner = RewardRunner([spec])
         RewardRunner([spec])
+        JudgeClient(url.replace("//", f"//judge:{SECRET}@"), "m")  # the URL's credentials go
     assert caplog.text.count("OPENAI_API_KEY is not set") == 1
     assert runner(None, ["a"], label=["x"]).per_reward["paralinguistic_judge"] == [1.0]
     assert judge_port.auth == [None]
