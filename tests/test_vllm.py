@@ -3,6 +3,7 @@ and rollouts as our transformers model, weight and LoRA sync, and a 2-step train
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -140,3 +141,96 @@ def test_an_optimizer_step_reaches_the_engine_by_sync(engine, policy, tiny_model
             assert (now - was).abs().max() > 0.1  # the step moved these tokens' probabilities
     finally:
         engine.update_weights(policy_state(policy.model), version=0)
+
+
+def test_a_lora_adapter_reaches_the_engine_by_sync(tiny_model_dir):
+    in_fresh_process(check_lora_sync, tiny_model_dir)
+
+
+def test_bad_audio_fails_as_under_the_local_engine(engine, policy):
+    empty = PromptSample(id="silent", messages=SAMPLES[0].messages, audio=[np.zeros(0, np.float32)])
+    sampling = SamplingParams(max_new_tokens=2)
+    with pytest.raises(ValueError) as local:
+        LocalEngine(policy).generate([SAMPLES[0], empty], 1, sampling)
+    with pytest.raises(ValueError) as ours:
+        engine.generate([SAMPLES[0], empty], 1, sampling)
+    assert str(ours.value) == str(local.value)
+    assert type(ours.value) is type(local.value) and "'silent'" in str(ours.value)
+
+
+def test_rlhf_train_runs_two_steps_on_vllm(tiny_model_dir, tiny_dataset_dir, tmp_path):
+    in_fresh_process(check_rlhf_train, tiny_model_dir, tiny_dataset_dir, tmp_path)
+
+
+def in_fresh_process(check, *args) -> None:
+    """Run ``check(*args)`` in a new interpreter: vLLM's in-process engines share the process's
+    torch.distributed groups, and a second one would tear them down under the first when freed."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        pool.apply(check, args)
+
+
+def check_lora_sync(tiny_model_dir: Path) -> None:
+    """Each LoRA sync (a new adapter request) gives the adapted model's log-probs."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj", "down_proj"]}
+    engine = VLLMEngine(
+        tiny_model_dir,
+        Policy.from_pretrained(tiny_model_dir).adapter,
+        options=VLLMOptions(max_model_len=1024, kv_cache_gib=0.0625, lora=lora),
+    )
+    base = Policy.from_pretrained(tiny_model_dir)
+    tuned = Policy.from_pretrained(tiny_model_dir)
+    tuned.model = get_peft_model(tuned.model, LoraConfig(**lora))
+    torch.manual_seed(0)
+    with torch.no_grad():  # a trained adapter: B is no longer zero
+        for name, param in tuned.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=8, seed=5, **PLAIN)
+    for version in (1, 2):  # each sync is a new adapter: the second replaces the first
+        engine.update_weights(policy_state(tuned.model), version=version)
+        rollouts = engine.generate(SAMPLES[:2], 2, sampling)
+        assert {r.policy_version for r in rollouts} == {version}
+        new, old = teacher_forced(tuned, rollouts, 1.0), teacher_forced(base, rollouts, 1.0)
+        for r, now, was in zip(rollouts, new, old, strict=True):
+            torch.testing.assert_close(
+                torch.tensor(r.logprobs), now, atol=LOGPROB_TOLERANCE, rtol=0
+            )
+            assert (now - was).abs().max() > 0.1
+        with torch.no_grad():
+            for name, param in tuned.model.named_parameters():
+                if "lora_B" in name:
+                    param.mul_(-1)
+
+
+def check_rlhf_train(tiny_model_dir: Path, tiny_dataset_dir: Path, tmp_path: Path) -> None:
+    """`rlhf train recipes/tiny_grpo.yaml rollout.engine=vllm`, 2 tiny steps."""
+    from rlhf.cli import main
+    from rlhf.metrics import read_metrics
+
+    run = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            str(RECIPES / "tiny_grpo.yaml"),
+            "rollout.engine=vllm",
+            f"model.path={tiny_model_dir}",
+            f"data.path={tiny_dataset_dir}",
+            f"run.output_dir={run}",
+            "run.steps=2",
+            "run.save_every=0",
+            "rollout.prompts_per_step=2",
+            "rollout.num_generations=2",
+            "rollout.sampling.max_new_tokens=12",
+            "rollout.vllm.max_model_len=1024",
+            "rollout.vllm.kv_cache_gib=0.0625",
+            "optim.micro_batch_size=4",
+            "algorithm.dynamic_sampling=false",
+        ]
+    )
+    assert code == 0
+    steps = read_metrics(run)
+    assert len(steps) == 2 and (run / "final" / "config.json").exists()
+    # the mismatch is logged and truncated importance sampling is on by default for vLLM
+    assert all(0 <= s["logprob_mismatch"] < 0.05 and "tis_weight_mean" in s for s in steps)
