@@ -17,6 +17,7 @@ import json
 import multiprocessing as mp
 import resource
 import time
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -111,6 +112,8 @@ def bench_generate(args: argparse.Namespace) -> dict:
         )
         for i in range(args.clips)
     ]
+    if args.engine:
+        return bench_engines(args, policy, samples)
     inputs = policy.build_inputs(samples)
     with torch.no_grad():  # warm-up: first-call allocations and kernel selection
         policy.model.generate(**inputs, max_new_tokens=2, do_sample=False)
@@ -130,6 +133,42 @@ def bench_generate(args: argparse.Namespace) -> dict:
         f"generate {args.clips} clips × {args.tokens} tokens on {args.device}: "
         f"with cache {results['cache']:.2f} s, without {results['no_cache']:.2f} s"
     )
+    return results
+
+
+def bench_engines(args: argparse.Namespace, policy, samples) -> dict:
+    """Rollouts of the same clips (``--n`` samples each, up to ``--tokens`` tokens, temperature
+    1) through each ``--engine``; completion tokens per second after a short warm-up."""
+    from rollouts.engine import LocalEngine
+    from rollouts.types import SamplingParams
+
+    policy.model.eval()
+    sampling = SamplingParams(temperature=1.0, top_p=1.0, repetition_penalty=1.0)
+    results = {}
+    for name in args.engine:
+        if name == "vllm":
+            from rollouts.vllm_engine import VLLMEngine, VLLMOptions
+
+            engine = VLLMEngine(args.model, policy.adapter, options=VLLMOptions(dtype=args.dtype))
+        else:
+            engine = LocalEngine(policy, batch_size=len(samples) * args.n)
+        engine.generate(samples, args.n, replace(sampling, max_new_tokens=2))
+        start = time.perf_counter()
+        rollouts = engine.generate(samples, args.n, replace(sampling, max_new_tokens=args.tokens))
+        seconds = time.perf_counter() - start
+        tokens = sum(len(r.completion_ids) for r in rollouts)
+        results[name] = {
+            "seconds": seconds,
+            "tokens": tokens,
+            "tokens_per_second": tokens / seconds,
+        }
+    print(
+        f"rollouts of {len(samples)} clips × {args.n} samples × ≤{args.tokens} tokens on {args.device}:"
+    )
+    for name, r in results.items():
+        print(
+            f"  {name:6s} {r['tokens_per_second']:8.0f} tokens/s ({r['tokens']} tokens in {r['seconds']:.2f} s)"
+        )
     return results
 
 
@@ -324,6 +363,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--clips", type=int, default=8)
     gen.add_argument("--tokens", type=int, default=64)
     gen.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    gen.add_argument(
+        "--engine",
+        nargs="+",
+        choices=("local", "vllm"),
+        help="time rollouts through these engines instead (tokens/s side by side)",
+    )
+    gen.add_argument("--n", type=int, default=8, help="samples per clip with --engine")
+    gen.add_argument("--dtype", default="float32", help="vLLM's compute dtype with --engine vllm")
     cli = sub.add_parser("cli", help="seconds until `rlhf --help` and `rlhf CMD --help` answer")
     cli.add_argument("--repeats", type=int, default=3, help="runs per command (median)")
     step = sub.add_parser("step", help="seconds per GRPO step: our trainer against TRL's")
