@@ -208,14 +208,16 @@ def _step_reward(prompts, completions, **kwargs) -> list[float]:
 
 def _step_workload(out: Path) -> tuple[Path, Path]:
     """The tiny text model and a JSONL of chat prompts (grammar sentences), written under ``out``."""
-    from rlhf.data.grammar import corpus
+    import numpy as np
+
+    from rlhf.data.grammar import corpus, sentence
     from rollouts.tiny import make_tiny
 
-    sentences = corpus().splitlines()
-    model = make_tiny(out / "model", sentences, arch="text")
+    model = make_tiny(out / "model", corpus().splitlines(), arch="text")
+    rng = np.random.default_rng(0)
     rows = [
-        {"messages": [{"role": "user", "content": f"Say it again: {sentence}"}]}
-        for sentence in sentences[:STEP_PROMPTS]
+        {"messages": [{"role": "user", "content": f"Say it again: {sentence(rng)}"}]}
+        for _ in range(STEP_PROMPTS)
     ]
     prompts = out / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps(row) for row in rows) + "\n")

@@ -278,7 +278,22 @@ def _sample(
         outside = sorted_probs.cumsum(-1) - sorted_probs > sampling.top_p
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    chosen = torch.stack(
-        [torch.multinomial(probs[i].cpu(), 1, generator=g)[0] for i, g in enumerate(generators)]
-    ).to(logits.device)
+    chosen = _draw(probs, generators)
     return chosen, behaviour.gather(-1, chosen[:, None]).squeeze(-1)
+
+
+def _draw(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row of ``probs`` (unnormalised is fine), row i from ``generators[i]``.
+
+    By inverse CDF: each row's generator draws one uniform and one batched ``searchsorted`` picks
+    every row's token. Written by hand because ``torch.multinomial`` takes a single generator, so
+    per-row seeding (what makes a rollout independent of its batch) would cost one call per row
+    and token, the largest single cost of CPU decoding.
+    """
+    uniforms = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])
+    cdf = probs.double().cumsum(-1)
+    targets = uniforms.to(cdf.device)[:, None] * cdf[:, -1:]
+    # side="right": a token of probability 0 (a flat step of the CDF) is never picked
+    chosen = torch.searchsorted(cdf, targets, right=True).squeeze(-1)
+    last_possible = (probs > 0).long().cumsum(-1).argmax(-1)  # rounding can land past the end
+    return torch.minimum(chosen, last_possible)
