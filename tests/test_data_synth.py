@@ -52,6 +52,10 @@ def test_sentences_are_short_varied_and_never_name_a_label():
     assert 300 <= len(grammar.vocabulary()) <= 600
     again = np.random.default_rng(0)
     assert [grammar.sentence(again) for _ in range(300)] == sentences
+    longer = [grammar.sentence(rng, clauses=2) for _ in range(100)]
+    assert all(
+        2 * grammar.MIN_WORDS + 1 <= len(s.split()) <= 2 * grammar.MAX_WORDS + 1 for s in longer
+    )
 
 
 def test_think_lengths_vary_and_mention_the_true_level():
@@ -85,7 +89,12 @@ def test_speed_levels_are_separated_in_duration():
 
 def test_pitch_levels_and_genders_are_separated_in_f0():
     """Every voice's high pitch lies above every voice's low one, so f0 alone tells them apart."""
-    voices = [f"{synth.LANGUAGE}+{v}" for variants in synth.VOICES.values() for v in variants]
+    voices = [
+        f"{synth.LANGUAGE}+{v}"
+        for split in synth.VOICES.values()
+        for variants in split.values()
+        for v in variants
+    ]
     f0 = {
         level: [_f0(synth.synthesize(SENTENCE, v, pitch=p)) for v in voices for p in (lo, hi)]
         for level, (lo, hi) in synth.PITCH.items()
@@ -94,6 +103,47 @@ def test_pitch_levels_and_genders_are_separated_in_f0():
     male = _f0(synth.synthesize(SENTENCE, "en-us+m3"))
     female = _f0(synth.synthesize(SENTENCE, "en-us+f2"))
     assert female > 1.4 * male
+
+
+def _speed_and_duration(split: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    clips = synth.plan_clips(split, n, 1, np.random.default_rng(seed), set())
+    seconds = [sf.info(io.BytesIO(synth.render_clip(c)[1])).duration for c in clips]
+    return np.array([c.speed for c in clips]), np.array(seconds)
+
+
+def test_clip_duration_does_not_tell_the_speed():
+    """The best two-threshold rule on duration, fit on one set of clips, is at chance on another
+    (before clip lengths were drawn independently of speed, duration alone read speed at 0.76)."""
+    levels = grammar.DIMENSIONS["speed"]
+    train_speed, train_s = _speed_and_duration("train", 240, 0)
+    test_speed, test_s = _speed_and_duration("test", 240, 1)
+
+    def fit(low: float, high: float) -> tuple[float, list[str]]:
+        bins = np.digitize(train_s, [low, high])
+        names = [
+            max(levels, key=lambda lv: np.sum((bins == b) & (train_speed == lv))) for b in range(3)
+        ]
+        return float(np.mean(np.array(names)[bins] == train_speed)), names
+
+    cuts = np.quantile(train_s, np.linspace(0.05, 0.95, 19))
+    fits = [(fit(lo, hi), (lo, hi)) for i, lo in enumerate(cuts) for hi in cuts[i:]]
+    (_, names), bounds = max(fits, key=lambda f: f[0][0])
+    accuracy = np.mean(np.array(names)[np.digitize(test_s, bounds)] == test_speed)
+    assert abs(accuracy - 1 / 3) <= 0.05, accuracy
+    for level in levels:  # and the lengths really are drawn alike
+        assert abs(np.mean(test_s[test_speed == level]) - np.mean(test_s)) < 0.1
+
+
+def test_test_speakers_never_speak_in_training(tiny_dataset_dir):
+    train, test = synth.VOICES["train"], synth.VOICES["test"]
+    for gender in ("male", "female"):
+        assert not set(train[gender]) & set(test[gender])
+        assert len(train[gender]) >= 8 and len(test[gender]) >= 3
+    assert not set(train["male"]) & set(train["female"])
+    splits = datasets.load_from_disk(str(tiny_dataset_dir))
+    heard = set(splits["train"]["speaker"])
+    assert heard and not heard & set(splits["test"]["speaker"])
+    assert heard <= {f"{synth.LANGUAGE}+{v}" for vs in train.values() for v in vs}
 
 
 def test_synthesis_does_not_depend_on_what_was_spoken_before():

@@ -127,8 +127,8 @@ def _tail(rng: np.random.Generator) -> list[str]:
     return words
 
 
-def sentence(rng: np.random.Generator) -> str:
-    """One sentence of 4–10 words, capitalised and ending with a full stop."""
+def _clause(rng: np.random.Generator) -> list[str]:
+    """The words of one clause of 4–10 words."""
     while True:
         words = _subject(rng)
         if _chance(rng, 0.25):
@@ -141,8 +141,17 @@ def sentence(rng: np.random.Generator) -> str:
             words += [_pick(rng, VERBS), *_object(rng)]
         words += _tail(rng)
         if MIN_WORDS <= len(words) <= MAX_WORDS:
-            text = " ".join(words)
-            return text[0].upper() + text[1:] + "."
+            return words
+
+
+def sentence(rng: np.random.Generator, clauses: int = 1) -> str:
+    """One sentence of ``clauses`` clauses joined by "and" (4–10 words each), capitalised and
+    ending with a full stop. Two clauses let fast speech fill as long a clip as slow speech."""
+    words = _clause(rng)
+    for _ in range(clauses - 1):
+        words += ["and", *_clause(rng)]
+    text = " ".join(words)
+    return text[0].upper() + text[1:] + "."
 
 
 # --- tasks, labels and prompts -------------------------------------------------------------------
@@ -397,7 +406,7 @@ def vocabulary() -> list[str]:
     words = {
         *DETERMINERS, "an", *NAMES, *PEOPLE, *ANIMALS, *ADJECTIVES, *OBJECTS,
         *(noun + "s" for noun in OBJECTS), *VERBS, *INTRANSITIVE, *PREPOSITIONS, *PLACES,
-        *BEFORE_VERB, *AFTER_VERB, *NUMBERS,
+        *BEFORE_VERB, *AFTER_VERB, *NUMBERS, "and",
     }  # fmt: skip
     words.update(word for time in TIMES for word in time.split())
     return sorted(words)

@@ -3,13 +3,18 @@
 Each clip is one sentence from ``grammar`` spoken with three controlled, well-separated
 paralinguistic levels:
 
-* gender: a male or a female espeak-ng voice variant (``en-us+m1`` ... ``en-us+f4``);
+* gender: a male or a female speaker, one of 33 espeak-ng voice variants (``VOICES``). The
+  speakers are split: the held-out clips are spoken only by voices that never speak in training,
+  so the test figures say whether a policy hears gender or only recognises the training voices;
 * pitch: low or high *within that voice* (espeak pitch 0–5 vs 90–99 of 0–100: the voice's f0
-  rises 2.1–2.4×). With these ranges and voices every high clip lies above every low one (male high
+  rises about 2×). The voices are those where every high clip lies above every low one (male high
   ≥ 157 Hz, female low ≤ 154 Hz, measured), so f0 alone answers the pitch question; narrower
-  ranges put a male voice's high pitch on a female voice's low one, and pitch became a function
-  of gender and f0 together that the tiny model never learnt;
-* speed: slow, normal or fast (100–120, 160–180, 240–270 words per minute).
+  ranges or other voices put a male voice's high pitch on a female voice's low one, and pitch
+  became a function of gender and f0 together that the tiny model never learnt;
+* speed: slow, normal or fast (100–120, 160–180, 240–270 words per minute). The clip's length
+  is drawn first, the same way for every speed (``DURATION``), and the sentence is chosen to fill
+  it: fast speech says more words, slow speech fewer. Duration alone then tells nothing about the
+  speed (a duration classifier is at chance); only the rate of the words does.
 
 A clip yields chat rows for ``tasks_per_clip`` of the five tasks (by default all five, in training
 too: with one task per clip the tiny SFT model stayed at chance on gender and pitch, measured;
@@ -20,7 +25,8 @@ balanced over each split and levels within each task; the exact espeak pitch and
 level are drawn at random. Targets have ``<think>`` reasoning of 5–80 words (``grammar.think``).
 A row is what ``rlhf.data.loading.row_to_sample`` reads plus the labels and SFT targets:
 ``id``, ``audio`` (16 kHz FLAC bytes), ``messages`` (one user turn: an audio part, then the
-question), ``task``, the clip's ``transcript`` / ``gender`` / ``pitch`` / ``speed``, ``label``
+question), ``task``, the clip's ``transcript`` / ``speaker`` / ``gender`` / ``pitch`` /
+``speed``, ``label``
 (the expected answer to the task), ``target_think`` / ``target_answer`` /
 ``target_audio_codes`` (what SFT trains on) and ``spoken`` (answer aloud).
 
@@ -37,6 +43,7 @@ import io
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -54,15 +61,31 @@ from rlhf.data import grammar
 
 SAMPLE_RATE = 16_000
 LANGUAGE = "en-us"
-VOICES = {"male": ("m2", "m3", "m5", "m6"), "female": ("f1", "f2", "f3", "f4")}
+# espeak-ng voice variants (each a speaker) per split: the test speakers never speak in training.
+VOICES = {
+    "train": {
+        "male": (
+            "m2", "m3", "m6", "m7", "Diogo", "miguel", "travis", "norbert", "pedro", "pablo",
+            "gustave", "grandpa", "Michael", "Tweaky", "ed", "Marco",
+        ),
+        "female": ("f1", "f2", "f3", "f5", "steph", "steph2", "linda", "shelby"),
+    },
+    "test": {
+        "male": ("m5", "michel", "Mario", "Jacky", "john", "antonio"),
+        "female": ("f4", "steph3", "belinda"),
+    },
+}  # fmt: skip
 PITCH = {"low": (0, 5), "high": (90, 99)}  # espeak pitch 0-100, relative to the voice
 SPEED = {"slow": (100, 120), "normal": (160, 180), "fast": (240, 270)}  # words per minute
 ASSISTANT = {"voice": f"{LANGUAGE}+f5", "pitch": 50, "rate": 170}  # speaks the spoken replies
+DURATION = (2.2, 3.6)  # seconds: every clip's length is drawn from this range, whatever its speed
+DURATION_TOLERANCE = 0.15  # seconds a clip may miss its drawn length by (when a candidate does)
+CANDIDATES = 8  # sentences tried per clip, in order, until one fills the drawn length
 CODEC_FIT_CLIPS = 400  # training clips the codec is fitted on (about 30 000 frames of 40 ms)
 
 # Features of the dataset rows (described in the module docstring), in column order.
 COLUMNS = (
-    "id", "audio", "messages", "task", "transcript", "gender", "pitch", "speed", "label",
+    "id", "audio", "messages", "task", "transcript", "speaker", "gender", "pitch", "speed", "label",
     "target_think", "target_answer", "target_audio_codes", "spoken",
 )  # fmt: skip
 
@@ -187,10 +210,12 @@ def pcm_to_float(pcm: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Clip:
-    """Everything that decides one clip's audio and rows."""
+    """Everything that decides one clip's audio and rows. ``texts`` are candidate sentences, best
+    first; ``render_clip`` speaks the first that lasts ``duration`` seconds (within tolerance)."""
 
     id: str
-    text: str
+    texts: tuple[str, ...]
+    duration: float
     gender: str
     voice: str
     pitch: str
@@ -206,15 +231,49 @@ def _balanced(levels: tuple[str, ...], n: int, rng: np.random.Generator) -> list
     return [levels[i] for i in rng.permutation(np.resize(np.arange(len(levels)), n))]
 
 
+def _syllables(word: str) -> int:
+    """Vowel groups, less a silent final e: close enough to time speech (English only)."""
+    count = len(re.findall(r"[aeiouy]+", word))
+    if word.endswith("e") and not word.endswith(("le", "ee")) and count > 1:
+        count -= 1
+    return max(1, count)
+
+
+def estimated_seconds(text: str, rate: int) -> float:
+    """How long espeak-ng takes to say ``text`` at ``rate`` words per minute: a linear fit in
+    syllables and words to 360 clips of six voices at 100–270 wpm (residual about 35/rate s)."""
+    words = text.lower().rstrip(".").split()
+    return (37 + 16 * sum(map(_syllables, words)) + 25 * len(words)) / rate
+
+
+def _sentences(duration: float, rate: int, rng: np.random.Generator, taken: set[str]) -> list[str]:
+    """``CANDIDATES`` unused sentences whose estimated length at ``rate`` is nearest ``duration``,
+    from sentences of one and of two clauses (4–10 words each) alike."""
+    drawn: dict[str, float] = {}
+    while len(drawn) < 6 * CANDIDATES:
+        text = grammar.sentence(rng, clauses=1 + len(drawn) % 2)
+        if text not in taken:
+            drawn[text] = abs(estimated_seconds(text, rate) - duration)
+    return sorted(drawn, key=drawn.__getitem__)[:CANDIDATES]
+
+
 def plan_clips(
-    split: str, n: int, tasks_per_clip: int, rng: np.random.Generator, taken: set[str]
+    split: str,
+    n: int,
+    tasks_per_clip: int,
+    rng: np.random.Generator,
+    taken: set[str],
+    voices: dict[str, tuple[str, ...]] | None = None,
 ) -> list[Clip]:
-    """The clips of one split; sentences in ``taken`` (other splits) are not reused.
+    """The clips of one split, spoken by ``voices`` (``VOICES[split]`` by default); sentences in
+    ``taken`` (other splits' candidates) are not reused.
 
     Clip i asks ``tasks_per_clip`` consecutive tasks (cyclically) from a balanced first task;
     within each first-task group every dimension's levels, and the spoken rows' dimensions, are
-    balanced, so each question is asked about equally many clips of each level.
+    balanced, so each question is asked about equally many clips of each level. The clip's length
+    is drawn from ``DURATION`` before its sentence, independently of its speed.
     """
+    voices = voices or VOICES[split]
     tasks = grammar.TASKS
     first_task = rng.permutation(np.resize(np.arange(len(tasks)), n))
     labels: dict[str, list[str]] = {key: [""] * n for key in (*grammar.DIMENSIONS, "spoken")}
@@ -226,23 +285,24 @@ def plan_clips(
                 labels[key][i] = level
     clips = []
     for i in range(n):
-        text = grammar.sentence(rng)
-        while text in taken:
-            text = grammar.sentence(rng)
-        taken.add(text)
         gender, pitch, speed = labels["gender"][i], labels["pitch"][i], labels["speed"][i]
-        variants = VOICES[gender]
+        variants = voices[gender]
+        rate = int(rng.integers(SPEED[speed][0], SPEED[speed][1] + 1))
+        duration = round(float(rng.uniform(*DURATION)), 3)
+        texts = _sentences(duration, rate, rng, taken)
+        taken.update(texts)
         clip_tasks = {tasks[(first_task[i] + j) % len(tasks)] for j in range(tasks_per_clip)}
         clips.append(
             Clip(
                 id=f"{split}-{i:05d}",
-                text=text,
+                texts=tuple(texts),
+                duration=duration,
                 gender=gender,
                 voice=f"{LANGUAGE}+{variants[int(rng.integers(len(variants)))]}",
                 pitch=pitch,
                 pitch_value=int(rng.integers(PITCH[pitch][0], PITCH[pitch][1] + 1)),
                 speed=speed,
-                rate=int(rng.integers(SPEED[speed][0], SPEED[speed][1] + 1)),
+                rate=rate,
                 tasks=tuple(t for t in tasks if t in clip_tasks),
                 spoken_dimension=labels["spoken"][i],
             )
@@ -250,9 +310,19 @@ def plan_clips(
     return clips
 
 
-def render_clip(clip: Clip) -> bytes:
-    """The clip's audio as FLAC bytes (runs in pool workers)."""
-    return to_flac(synthesize(clip.text, clip.voice, rate=clip.rate, pitch=clip.pitch_value))
+def render_clip(clip: Clip) -> tuple[str, bytes]:
+    """The sentence spoken and the clip's audio as FLAC bytes (runs in pool workers): the first
+    candidate within ``DURATION_TOLERANCE`` of the clip's length, else the nearest."""
+    best: tuple[float, str, np.ndarray] | None = None
+    for text in clip.texts:
+        pcm = synthesize(text, clip.voice, rate=clip.rate, pitch=clip.pitch_value)
+        miss = abs(len(pcm) / SAMPLE_RATE - clip.duration)
+        if best is None or miss < best[0]:
+            best = (miss, text, pcm)
+        if miss <= DURATION_TOLERANCE:
+            break
+    assert best is not None, f"{clip.id} has no candidate sentence"
+    return best[1], to_flac(best[2])
 
 
 # --- rows ----------------------------------------------------------------------------------------
@@ -269,12 +339,13 @@ def _messages(question: str) -> list[dict]:
 
 def clip_rows(
     clip: Clip,
+    text: str,
     flac: bytes,
     seconds: float,
     replies: dict[str, list[int]],
     rng: np.random.Generator,
 ) -> list[dict]:
-    """One chat row per task of ``clip``, with the columns of ``COLUMNS``."""
+    """One chat row per task of ``clip`` (which says ``text``), with the columns of ``COLUMNS``."""
     levels = {"gender": clip.gender, "pitch": clip.pitch, "speed": clip.speed}
     rows = []
     for task in clip.tasks:
@@ -282,15 +353,15 @@ def clip_rows(
         dimension = clip.spoken_dimension if spoken else task
         codes: list[int] = []
         if task == "transcribe":
-            label = target = clip.text
-            reasoning = grammar.think(task, rng, transcript=clip.text)
+            label = target = text
+            reasoning = grammar.think(task, rng, transcript=text)
         else:
             level = levels[dimension]
             target = grammar.answer(dimension, level, rng, spoken=spoken)
             label = target if spoken else level
             codes = replies[target] if spoken else []
             reasoning = grammar.think(
-                task, rng, dimension=dimension, level=level, transcript=clip.text, seconds=seconds
+                task, rng, dimension=dimension, level=level, transcript=text, seconds=seconds
             )
         rows.append(
             {
@@ -298,7 +369,8 @@ def clip_rows(
                 "audio": flac,
                 "messages": _messages(grammar.question(task, rng, dimension)),
                 "task": task,
-                "transcript": clip.text,
+                "transcript": text,
+                "speaker": clip.voice,
                 **levels,
                 "label": label,
                 "target_think": reasoning,
@@ -322,6 +394,7 @@ def features():
             "messages": List({"role": string, "content": List({"type": string, "text": string})}),
             "task": string,
             "transcript": string,
+            "speaker": string,
             "gender": string,
             "pitch": string,
             "speed": string,
@@ -337,7 +410,7 @@ def features():
 # --- building ------------------------------------------------------------------------------------
 
 
-def _render_all(clips: list[Clip], workers: int, description: str) -> list[bytes]:
+def _render_all(clips: list[Clip], workers: int, description: str) -> list[tuple[str, bytes]]:
     from rich.progress import track
 
     if workers <= 1:
@@ -376,7 +449,8 @@ def build(
             raise ValueError(f"{name} must be in 1..{len(grammar.TASKS)}, got {value}")
     if num_clips < 1 or test_clips < 1:
         raise ValueError(f"need at least one clip per split, got {num_clips} and {test_clips}")
-    for voice in (*(f"{LANGUAGE}+{v}" for vs in VOICES.values() for v in vs), ASSISTANT["voice"]):
+    speakers = [f"{LANGUAGE}+{v}" for split in VOICES.values() for vs in split.values() for v in vs]
+    for voice in (*speakers, ASSISTANT["voice"]):
         check_voice(voice)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -396,7 +470,8 @@ def build(
         for text in grammar.spoken_replies()
     }
     train_wavs = [
-        sf.read(io.BytesIO(flac), dtype="float32")[0] for flac in audio["train"][:CODEC_FIT_CLIPS]
+        sf.read(io.BytesIO(flac), dtype="float32")[0]
+        for _, flac in audio["train"][:CODEC_FIT_CLIPS]
     ]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the codec's FFTs are tiny: extra threads only contend
@@ -413,9 +488,9 @@ def build(
     splits = {}
     for split, clips in plans.items():
         rows: list[dict] = []
-        for clip, flac in zip(clips, audio[split], strict=True):
+        for clip, (text, flac) in zip(clips, audio[split], strict=True):
             seconds = sf.info(io.BytesIO(flac)).duration
-            rows += clip_rows(clip, flac, seconds, reply_codes, rng)
+            rows += clip_rows(clip, text, flac, seconds, reply_codes, rng)
         splits[split] = datasets.Dataset.from_list(rows, features=features())
 
     metadata = _metadata(plans, splits, seed, codec)
@@ -439,6 +514,7 @@ def _metadata(plans, splits, seed, codec) -> dict:
             "clips": len(clips),
             "rows": len(splits[split]),
             "tasks_per_clip": len(clips[0].tasks),
+            "speakers": len({c.voice for c in clips}),
             "tasks": dict(sorted(Counter(splits[split]["task"]).items())),
             **{
                 dim: dict(sorted(Counter(getattr(c, dim) for c in clips).items()))
@@ -451,7 +527,11 @@ def _metadata(plans, splits, seed, codec) -> dict:
         "splits": counts,
         "sample_rate": SAMPLE_RATE,
         "espeak_ng": _espeak_version(),
-        "voices": {g: [f"{LANGUAGE}+{v}" for v in vs] for g, vs in VOICES.items()},
+        "voices": {
+            split: {g: [f"{LANGUAGE}+{v}" for v in vs] for g, vs in genders.items()}
+            for split, genders in VOICES.items()
+        },
+        "duration_s": DURATION,
         "pitch_espeak": PITCH,
         "speed_wpm": SPEED,
         "assistant_voice": ASSISTANT,
@@ -477,7 +557,8 @@ speech LLM. Seed {metadata["seed"]}; train: {train["clips"]} clips, {train["rows
 
 - `data/`: `datasets.DatasetDict` (`load_from_disk`, or `rlhf.data.loading.load_prompt_dataset`).
   Columns: `id`, `audio` (16 kHz FLAC bytes), `messages` (prompt turns), `task`
-  (transcribe | gender | pitch | speed | spoken), `transcript`, `gender`, `pitch`, `speed`,
+  (transcribe | gender | pitch | speed | spoken), `transcript`, `speaker` (the espeak-ng voice;
+  the test split's speakers never speak in train), `gender`, `pitch`, `speed`,
   `label`, `target_think`, `target_answer`, `target_audio_codes` (spoken rows), `spoken`.
 - `codec/`: the k-means audio codec ({metadata["codec"]["codebook_size"]} codes at 25 Hz) that
   made `target_audio_codes` — a stand-in for CosyVoice 2 tokens (`rlhf.data.codec.KMeansCodec`).
