@@ -59,7 +59,7 @@ class CausalLMAdapter(ModelAdapter):
         eot = self._token_id(END_OF_TURN)
         return eot if eot is not None else self.tokenizer.eos_token_id
 
-    @property
+    @cached_property
     def pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
         return pad if pad is not None else self.end_of_turn
