@@ -165,6 +165,11 @@ class RayConfig:
     )
     call_timeout_s: float = option(600.0, "seconds a worker may take for one generate call", gt=0)
     max_retries: int = option(2, "times a failed worker is restarted and its call retried", ge=0)
+    backend: str = option(
+        "local",
+        "the engine inside each worker (vllm: set up by rollout.vllm)",
+        choices=("local", "vllm"),
+    )
 
 
 @dataclass

@@ -108,7 +108,9 @@ class RLTrainer:
         self.lora = config.model.lora.enabled
         # truncated importance sampling of the engine/trainer mismatch: by default where the
         # engine computes its own log-probs (vLLM), not where it runs the trainer's model code
-        default_cap = 3.0 if config.rollout.engine == "vllm" else 0.0
+        rcfg = config.rollout
+        on_vllm = rcfg.engine == "vllm" or (rcfg.engine == "ray" and rcfg.ray.backend == "vllm")
+        default_cap = 3.0 if on_vllm else 0.0
         self.tis_cap = default_cap if acfg.tis_cap is None else acfg.tis_cap
         # The reference: with LoRA, the same base with adapters disabled; otherwise the starting
         # checkpoint loaded again (sharded like the policy, never a copy of the policy's memory).

@@ -61,6 +61,7 @@ class WorkerModel:
     path: str
     dtype: str = "float32"
     lora: dict[str, Any] | None = None
+    vllm: dict[str, Any] | None = None  # VLLMOptions fields: a vLLM engine instead of a local one
 
 
 @dataclass
@@ -77,7 +78,8 @@ class PoolMetrics:
 
 
 class RolloutWorker:
-    """One Ray actor: a policy copy and a ``LocalEngine`` that generates and scores a shard."""
+    """One Ray actor: a policy copy and a ``LocalEngine`` that generates and scores a shard, or
+    a ``VLLMEngine`` when ``model.vllm`` is set (``rollout.ray.backend: vllm``)."""
 
     def __init__(
         self,
@@ -94,13 +96,23 @@ class RolloutWorker:
 
         torch.set_num_threads(num_threads)
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-        policy = Policy.from_pretrained(model.path, dtype=model.dtype, device=device)
-        if model.lora is not None:
-            from peft import LoraConfig, get_peft_model
+        if model.vllm is not None:
+            from rollouts.vllm_engine import VLLMEngine, VLLMOptions
 
-            policy.model = get_peft_model(policy.model, LoraConfig(**model.lora))
-        policy.model.eval()
-        self.engine = LocalEngine(policy, reward_runner, batch_size=batch_size, train_on=train_on)
+            options = VLLMOptions(dtype=model.dtype, lora=model.lora, **model.vllm)
+            self.engine = VLLMEngine.from_checkpoint(
+                model.path, reward_runner, train_on=train_on, options=options
+            )
+        else:
+            policy = Policy.from_pretrained(model.path, dtype=model.dtype, device=device)
+            if model.lora is not None:
+                from peft import LoraConfig, get_peft_model
+
+                policy.model = get_peft_model(policy.model, LoraConfig(**model.lora))
+            policy.model.eval()
+            self.engine = LocalEngine(
+                policy, reward_runner, batch_size=batch_size, train_on=train_on
+            )
         if state is not None:  # a replacement worker starts from the latest sync
             self.engine.update_weights(state, version)
         self.info = {
@@ -207,8 +219,9 @@ class RayEngine:
                 "target_modules": list(mcfg.lora.target_modules),
             }
         ray_cfg = rcfg.ray
+        vllm = vars(rcfg.vllm).copy() if ray_cfg.backend == "vllm" else None
         return cls(
-            WorkerModel(str(mcfg.path), mcfg.dtype, lora),
+            WorkerModel(str(mcfg.path), mcfg.dtype, lora, vllm),
             reward_runner,
             num_workers=ray_cfg.num_workers,
             num_cpus_per_worker=ray_cfg.num_cpus_per_worker,

@@ -118,6 +118,26 @@ class VLLMEngine:
         )
         return cls(mcfg.path, adapter, reward_runner, train_on=rcfg.train_on, options=options)
 
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        reward_runner: RewardRunner | None = None,
+        *,
+        train_on: str = "text",
+        options: VLLMOptions | None = None,
+    ) -> VLLMEngine:
+        """The engine of the checkpoint at ``path`` with its family's adapter and processor, and
+        no transformers model (a Ray worker needs only vLLM's copy)."""
+        from transformers import AutoConfig
+
+        import rollouts  # noqa: F401  (registers our configs with AutoConfig)
+        from rollouts.adapters import adapter_for
+
+        family = adapter_for(AutoConfig.from_pretrained(path))
+        adapter = family(family.load_processor(path))
+        return cls(path, adapter, reward_runner, train_on=train_on, options=options)
+
     def metrics(self) -> dict[str, Any]:
         """Time split and reward statistics of the last ``generate``, and the last sync's cost."""
         return {**self._metrics, "vllm": {**self._sync, "policy_version": self.policy_version}}

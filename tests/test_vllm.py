@@ -234,3 +234,26 @@ def check_rlhf_train(tiny_model_dir: Path, tiny_dataset_dir: Path, tmp_path: Pat
     assert len(steps) == 2 and (run / "final" / "config.json").exists()
     # the mismatch is logged and truncated importance sampling is on by default for vLLM
     assert all(0 <= s["logprob_mismatch"] < 0.05 and "tis_weight_mean" in s for s in steps)
+
+
+def test_a_ray_pool_of_vllm_workers_gives_the_engines_rollouts(engine, policy, tiny_model_dir):
+    import ray
+
+    from rollouts.ray_pool import RayEngine, WorkerModel
+
+    started_ray = not ray.is_initialized()
+    vllm = {"max_model_len": OPTIONS.max_model_len, "kv_cache_gib": OPTIONS.kv_cache_gib}
+    pool = RayEngine(WorkerModel(str(tiny_model_dir), vllm=vllm), num_workers=1)
+    try:
+        sampling = SamplingParams(temperature=1.0, max_new_tokens=8, seed=11)
+        ours = engine.generate(SAMPLES[:2], 2, sampling)
+        pooled = pool.generate(SAMPLES[:2], 2, sampling)
+        assert [r.completion_ids for r in pooled] == [r.completion_ids for r in ours]
+        for a, b in zip(pooled, ours, strict=True):
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+        pool.update_weights(policy_state(policy.model), version=5)
+        assert {r.policy_version for r in pool.generate(SAMPLES[:1], 2, sampling)} == {5}
+    finally:
+        pool.shutdown()
+        if started_ray:
+            ray.shutdown()
