@@ -2,21 +2,31 @@
 
 What a checkpoint can do before and after RL, in numbers: accuracy on each paralinguistic question
 (gender, pitch, speed), WER / CER on transcription, how long it thinks, and how often its output
-has the expected shape. Scoring reuses the reward functions (label matching, the text
-normaliser, the format checks), so evaluation and training judge answers the same way.
+has the expected shape (spoken answers: TA4 format and length in audio codes). Scoring reuses the
+reward functions (label matching, the text normaliser, the format checks), so evaluation and
+training judge answers the same way.
+
+``--ablate silence noise shuffle`` is the listening check: the same rows again with each clip
+replaced by silence or by noise of the same length and loudness, or by another row's clip (same
+question). A policy that listens falls to chance under silence and noise, and under shuffle
+answers the other row's label (scored both ways); one that keeps its accuracy without the audio
+answers from something else (the prompt, the clip's length, priors).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jiwer
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -32,6 +42,7 @@ if TYPE_CHECKING:
 DIMENSIONS = {"gender": 2, "pitch": 2, "speed": 3}  # questions scored by label, with level counts
 TRANSCRIBE = "transcribe"
 SPOKEN = "spoken"
+ABLATIONS = ("silence", "noise", "shuffle")
 
 
 def evaluate(
@@ -46,6 +57,7 @@ def evaluate(
     max_audio_s: float | None = 30.0,
     device: str = "cpu",
     dtype: str = "float32",
+    ablate: Sequence[str] = (),
     progress: bool = True,
 ) -> dict[str, Any]:
     """Greedy completions of ``model_dir`` for the rows of ``data_dir``'s ``split``, scored.
@@ -54,9 +66,11 @@ def evaluate(
     reproducibly (Step-Audio 2's serving settings, top_p 0.9 and repetition_penalty 1.05, are
     ``SamplingParams``' defaults, for sampling). ``dtype`` is the dtype the weights load in;
     ``max_audio_s`` the longest clip a row may hold, as a recipe's ``data.max_audio_s``.
+    ``ablate``: names from ``ABLATIONS``, each decoded and scored again on ablated audio.
 
-    Returns ``{"n", "paralinguistic": {dim: accuracy}, "asr": {"wer", "cer"},
-    "think_words_mean", "format_ok", "counts", ...}``; a figure with no row to measure it is None.
+    Returns ``{"n", "paralinguistic": {dim: accuracy}, "accuracy_mean", "asr": {"wer", "cer"},
+    "think_words_mean", "format_ok", "spoken", "counts", "speakers", "ablations", ...}``; a figure
+    with no row to measure it is None.
     """
     from rlhf.data.loading import load_prompt_dataset, row_to_sample
     from rollouts.engine import LocalEngine
@@ -69,6 +83,9 @@ def evaluate(
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     if len(dataset) == 0:
         raise ValueError(f"{data_dir}:{split}: no rows to evaluate")
+    unknown = sorted(set(ablate) - set(ABLATIONS))
+    if unknown:
+        raise ValueError(f"unknown ablation(s) {unknown}; choose from {list(ABLATIONS)}")
     source = f"{data_dir}:{split}"
     samples = [
         row_to_sample(row, i, source, think=think, max_audio_s=max_audio_s)
@@ -79,23 +96,102 @@ def evaluate(
     policy.model.eval()
     engine = LocalEngine(policy, batch_size=batch_size)
     greedy = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=max_new_tokens)
-    rollouts: list[Rollout] = []
-    columns = (
-        TextColumn("[bold]eval[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, disable=not progress, transient=True) as bar:
-        task = bar.add_task("eval", total=len(samples))
-        for start in range(0, len(samples), batch_size):
-            chunk = samples[start : start + batch_size]
-            rollouts += engine.generate(chunk, 1, greedy)
-            bar.update(task, advance=len(chunk))
+    pad = policy.adapter.audio_pad_code
 
-    results = score(samples, rollouts, policy.adapter.audio_pad_code)
+    def decode(rows: list[PromptSample], label: str) -> list[Rollout]:
+        rollouts: list[Rollout] = []
+        columns = (TextColumn(f"[bold]{label}[/]"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, TimeElapsedColumn(), disable=not progress, transient=True) as bar:
+            task = bar.add_task(label, total=len(rows))
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start : start + batch_size]
+                rollouts += engine.generate(chunk, 1, greedy)
+                bar.update(task, advance=len(chunk))
+        return rollouts
+
+    results = score(samples, decode(samples, "eval"), pad)
+    results["speakers"] = speaker_counts(dataset, data_dir, split)
+    results["ablations"] = {}
+    for name in ablate:
+        ablated, donors = ablate_audio(samples, name)
+        rollouts = decode(ablated, name)
+        figures = _headline(score(ablated, rollouts, pad))
+        if donors is not None:  # also scored against the labels of the clips actually heard
+            heard = [_relabel(s, samples[d]) for s, d in zip(ablated, donors, strict=True)]
+            figures["donor"] = _headline(score(heard, rollouts, pad))
+        results["ablations"][name] = figures
     results["seconds"] = time.perf_counter() - started
     return results
+
+
+def ablate_audio(
+    samples: list[PromptSample], ablation: str, seed: int = 0
+) -> tuple[list[PromptSample], list[int] | None]:
+    """``samples`` with their clips ablated, and for ``shuffle`` the row each clip came from.
+
+    ``silence``: zeros of the clip's length. ``noise``: Gaussian noise of the clip's length and
+    RMS. ``shuffle``: the clip of another row asking the same question (a random derangement
+    within each task; a task with a single row keeps its clip).
+    """
+    rng = np.random.default_rng(seed)
+    if ablation == "silence":
+        return [_with_audio(s, [np.zeros_like(a) for a in s.audio]) for s in samples], None
+    if ablation == "noise":
+        return [
+            _with_audio(
+                s,
+                [
+                    (rng.standard_normal(len(a)) * np.sqrt(np.mean(np.square(a)))).astype(a.dtype)
+                    for a in s.audio
+                ],
+            )
+            for s in samples
+        ], None
+    if ablation != "shuffle":
+        raise ValueError(f"unknown ablation {ablation!r}; choose from {list(ABLATIONS)}")
+    donors = list(range(len(samples)))
+    for task in sorted({str(s.columns.get("task")) for s in samples}):
+        rows = rng.permutation(
+            [i for i, s in enumerate(samples) if str(s.columns.get("task")) == task]
+        )
+        for i, row in enumerate(rows):  # each row hears the next one's clip: nobody its own
+            donors[row] = int(rows[(i + 1) % len(rows)])
+    return [_with_audio(s, samples[d].audio) for s, d in zip(samples, donors, strict=True)], donors
+
+
+def _with_audio(sample: PromptSample, audio: list[np.ndarray]) -> PromptSample:
+    return dataclasses.replace(sample, audio=list(audio))
+
+
+def _relabel(sample: PromptSample, donor: PromptSample) -> PromptSample:
+    return dataclasses.replace(
+        sample, columns={**sample.columns, "label": donor.columns.get("label")}
+    )
+
+
+def _headline(results: dict[str, Any]) -> dict[str, Any]:
+    """The figures an ablation is compared on."""
+    keys = ("paralinguistic", "accuracy_mean", "asr", "format_ok")
+    return {key: results[key] for key in keys}
+
+
+def speaker_counts(dataset, data_dir: str | Path, split: str) -> dict[str, int | None] | None:
+    """How many speakers ``dataset`` (a ``speaker`` column) holds, and how many of them never
+    speak in the ``train`` split of ``data_dir`` (None without one); None without the column."""
+    from rlhf.data.loading import load_prompt_dataset
+
+    if "speaker" not in dataset.column_names:
+        return None
+    speakers = set(dataset["speaker"])
+    unseen = None
+    if split != "train":
+        try:
+            train = load_prompt_dataset(data_dir, "train")
+        except KeyError:
+            train = None
+        if train is not None and "speaker" in train.column_names:
+            unseen = len(speakers - set(train["speaker"]))
+    return {"n": len(speakers), "unseen": unseen}
 
 
 def score(
@@ -119,6 +215,8 @@ def score(
         dim: _mean([c for c, t in zip(correct, tasks) if t == dim and c is not None])
         for dim in DIMENSIONS
     }
+    scored = [v for v in results["paralinguistic"].values() if v is not None]
+    results["accuracy_mean"] = _mean(scored)
     # what the answers say, per question: shows a policy that always gives the same level
     results["predicted"] = {
         dim: dict(
@@ -170,7 +268,15 @@ def score(
             if spoken
             else None
         ),
+        "ta4_ok": _mean([float(spoken_ok[i] == 1.0) for i in spoken]),
         "audio_codes_mean": _mean([len(rollouts[i].audio_codes) for i in spoken]),
+        "target_audio_codes_mean": _mean(
+            [
+                len(codes)
+                for i in spoken
+                if (codes := samples[i].columns.get("target_audio_codes")) is not None
+            ]
+        ),
     }
     results["counts"] = dict(sorted(Counter(str(t) for t in tasks).items()))
     results["completion_tokens_mean"] = _mean([len(r.completion_ids) for r in rollouts])
@@ -189,30 +295,83 @@ def _mean(values: list[float]) -> float | None:
 
 
 def print_table(results: dict[str, Any], console: Console | None = None, title: str = "") -> None:
-    """The figures as a table, with the chance level of each paralinguistic question."""
+    """The figures as a table, with the chance level of each paralinguistic question and, after
+    ``--ablate``, the same figures with the audio ablated ("shuffle (heard)": scored against the
+    labels of the clip the policy heard instead of its own)."""
 
     def show(value: float | None, digits: int = 3) -> str:
         return "—" if value is None else f"{value:.{digits}f}"
 
     counts = results.get("counts", {})
+    ablations = results.get("ablations") or {}
+    speakers = results.get("speakers") or {}
     table = Table(title=title or f"evaluation ({results['n']} prompts)")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    columns: list[tuple[str, dict[str, Any]]] = []
+    for name, figures in ablations.items():
+        columns.append((name, figures))
+        if "donor" in figures:
+            columns.append((f"{name} (heard)", figures["donor"]))
+    for name, _ in columns:
+        table.add_column(name, justify="right")
     table.add_column("chance", justify="right")
     table.add_column("rows", justify="right")
+
+    def ablated(*keys: str) -> list[str]:
+        return [show(_get(figures, keys)) for _, figures in columns]
+
+    def blank() -> list[str]:
+        return [""] * len(columns)
+
     for dim, levels in DIMENSIONS.items():
         accuracy = results["paralinguistic"][dim]
         table.add_row(
-            f"{dim} accuracy", show(accuracy), f"{1 / levels:.3f}", str(counts.get(dim, 0))
+            f"{dim} accuracy",
+            show(accuracy),
+            *ablated("paralinguistic", dim),
+            f"{1 / levels:.3f}",
+            str(counts.get(dim, 0)),
         )
+    chance = sum(1 / levels for levels in DIMENSIONS.values()) / len(DIMENSIONS)
+    table.add_row(
+        "accuracy mean",
+        show(results.get("accuracy_mean")),
+        *ablated("accuracy_mean"),
+        f"{chance:.3f}",
+        "",
+    )
     rows = str(counts.get(TRANSCRIBE, 0))
-    table.add_row("ASR WER", show(results["asr"]["wer"]), "", rows)
-    table.add_row("ASR CER", show(results["asr"]["cer"]), "", rows)
+    table.add_row("ASR WER", show(results["asr"]["wer"]), *ablated("asr", "wer"), "", rows)
+    table.add_row("ASR CER", show(results["asr"]["cer"]), *blank(), "", rows)
     spoken = results.get("spoken", {})
-    table.add_row("spoken exact", show(spoken.get("exact")), "", str(counts.get(SPOKEN, 0)))
-    table.add_row("think words (mean)", show(results["think_words_mean"], 1), "", str(results["n"]))
-    table.add_row("format ok", show(results["format_ok"]), "", str(results["n"]))
+    n_spoken = str(counts.get(SPOKEN, 0))
+    table.add_row("spoken exact", show(spoken.get("exact")), *blank(), "", n_spoken)
+    table.add_row("spoken TA4 format ok", show(spoken.get("ta4_ok")), *blank(), "", n_spoken)
+    target = spoken.get("target_audio_codes_mean")
+    label = "spoken audio codes (mean)" + (f", target {target:.0f}" if target else "")
+    table.add_row(label, show(spoken.get("audio_codes_mean"), 1), *blank(), "", n_spoken)
+    table.add_row(
+        "think words (mean)",
+        show(results["think_words_mean"], 1),
+        *blank(),
+        "",
+        str(results["n"]),
+    )
+    table.add_row(
+        "format ok", show(results["format_ok"]), *ablated("format_ok"), "", str(results["n"])
+    )
+    if speakers.get("unseen") is not None:
+        unseen = f"{speakers['unseen']} of {speakers['n']}"
+        table.add_row("speakers unseen in training", unseen, *blank(), "", "")
     (console or Console()).print(table)
+
+
+def _get(report: dict[str, Any], keys: tuple[str, ...]) -> float | None:
+    value: Any = report
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -238,6 +397,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         choices=("float32", "bfloat16", "float16"),
         help="dtype the weights load in (default: the checkpoint's own, else float32)",
+    )
+    parser.add_argument(
+        "--ablate",
+        nargs="+",
+        default=[],
+        choices=ABLATIONS,
+        metavar="{" + ",".join(ABLATIONS) + "}",
+        help="listening check: score again with each clip replaced by silence or noise of its "
+        "length, or by another row's clip (shuffle; also scored on that clip's labels)",
     )
 
 
@@ -271,6 +439,7 @@ def run(args: argparse.Namespace) -> int:
         max_audio_s=args.max_audio_s or None,
         device=device,
         dtype=args.dtype or checkpoint_dtype(args.model),
+        ablate=args.ablate,
     )
     print_table(results, title=f"{args.model} on {args.data}:{args.split}")
     if args.json:

@@ -1,13 +1,14 @@
 """`rlhf eval`: the figures' meaning on hand-made rollouts, and the JSON shape end to end."""
 
 import json
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
 from rlhf.cli import main
 from rlhf.data.grammar import corpus
-from rlhf.evaluate import evaluate, score
+from rlhf.evaluate import ablate_audio, evaluate, score
 from rollouts.tiny import make_tiny
 from rollouts.types import PromptSample, Rollout
 
@@ -115,3 +116,74 @@ def test_evaluate_function_limits_samples(tiny):
     results = evaluate(tiny / "model", tiny / "data", max_samples=3, batch_size=2, max_new_tokens=4)
     assert results["n"] == 3
     assert sum(results["counts"].values()) == 3
+
+
+def test_ablations_keep_length_and_shuffle_within_a_question():
+    rng = np.random.default_rng(0)
+    samples = [_sample(task, str(i)) for i, task in enumerate(["gender"] * 3 + ["speed"] * 2)]
+    for s in samples:
+        s.audio = [rng.standard_normal(int(rng.integers(1600, 3200))).astype(np.float32)]
+    silent, donors = ablate_audio(samples, "silence")
+    assert donors is None
+    assert [len(s.audio[0]) for s in silent] == [len(s.audio[0]) for s in samples]
+    assert all(not s.audio[0].any() for s in silent)
+    noisy, _ = ablate_audio(samples, "noise")
+    for original, s in zip(samples, noisy, strict=True):
+        assert len(s.audio[0]) == len(original.audio[0])
+        assert np.std(s.audio[0]) == pytest.approx(np.std(original.audio[0]), rel=0.1)
+        assert not np.allclose(s.audio[0], original.audio[0])
+    shuffled, donors = ablate_audio(samples, "shuffle")
+    for i, (s, donor) in enumerate(zip(shuffled, donors, strict=True)):
+        assert donor != i and samples[donor].columns["task"] == s.columns["task"]
+        assert s.audio[0] is samples[donor].audio[0] and s.columns == samples[i].columns
+    assert sorted(donors) == list(range(5))
+    with pytest.raises(ValueError, match="unknown ablation 'mute'"):
+        ablate_audio(samples, "mute")
+
+
+class _ListeningEngine:
+    """Answers the label of the clip it hears (looked up by the clip's bytes), else "male"."""
+
+    labels: ClassVar[dict[tuple[bytes, str], str]] = {}
+
+    def __init__(self, policy, batch_size):
+        pass
+
+    def generate(self, samples, n, sampling):
+        answers = [
+            self.labels.get((s.audio[0].tobytes(), s.columns["task"]), "male") for s in samples
+        ]
+        return [_rollout(f"x</think>\n\n{a}.", "x", f"{a}.") for a in answers]
+
+
+def test_ablation_figures_show_a_policy_that_listens(tiny, monkeypatch, tmp_path, capsys):
+    import rollouts.engine
+    from rlhf.data.loading import load_prompt_dataset, row_to_sample
+
+    data = tmp_path / "data"
+    args = ["--num-clips", "2", "--test-clips", "8", "--codebook-size", "8", "--workers", "1"]
+    assert main(["make-data", str(data), *args]) == 0
+    test = load_prompt_dataset(data / "data", "test")
+    rows = [row_to_sample(row, i) for i, row in enumerate(test)]
+    _ListeningEngine.labels = {
+        (s.audio[0].tobytes(), s.columns["task"]): s.columns["label"] for s in rows
+    }
+    monkeypatch.setattr(rollouts.engine, "LocalEngine", _ListeningEngine)
+    out = tmp_path / "eval.json"
+    args = ["--model", str(tiny / "model"), "--data", str(data), "--json", str(out)]
+    assert main(["eval", *args, "--ablate", "silence", "noise", "shuffle"]) == 0
+    table = capsys.readouterr().out
+    assert "silence" in table and "heard" in table
+    results = json.loads(out.read_text())
+    assert results["accuracy_mean"] == 1.0
+    speakers = results["speakers"]
+    assert speakers["n"] > 1 and speakers["unseen"] == speakers["n"]
+    assert f"{speakers['n']} of {speakers['n']} " in table
+    males = [s.columns["gender"] == "male" for s in rows if s.columns["task"] == "gender"]
+    for name in ("silence", "noise"):
+        assert results["ablations"][name]["paralinguistic"]["gender"] == np.mean(males)
+        assert results["ablations"][name]["asr"]["wer"] > 0.5
+    shuffle = results["ablations"]["shuffle"]
+    assert shuffle["donor"]["accuracy_mean"] == 1.0  # it answers what it hears
+    assert shuffle["donor"]["asr"]["wer"] == 0.0
+    assert shuffle["asr"]["wer"] > 0.5 and shuffle["accuracy_mean"] < 1.0
