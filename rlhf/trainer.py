@@ -450,7 +450,7 @@ class RLTrainer:
             if train_policy:
                 grad_norms.append(self.optimizer_step())
         if micro_batches:
-            step_metrics.mean({"audio_sensitivity": self.audio_sensitivity(micro_batches[0])})
+            step_metrics.mean(self.audio_sensitivity(micro_batches[0]))
         metrics = step_metrics.reduce(self.accelerator)  # over micro-batches and processes
         if grad_norms:
             metrics["grad_norm"] = sum(grad_norms) / len(grad_norms)
@@ -493,19 +493,30 @@ class RLTrainer:
             return self.logprobs(sequences)[0]
 
     @torch.no_grad()
-    def audio_sensitivity(self, mb: MicroBatch) -> float:
-        """Mean |Δ log-prob| of the sampled tokens when the audio is replaced by silence.
+    def audio_sensitivity(self, mb: MicroBatch) -> dict[str, float]:
+        """How much the sampled completions depend on their audio, with silence in its place.
 
-        Zero means the policy ignores its audio: the "audio silently dropped" failure.
+        ``audio_sensitivity``: mean |Δ log-prob| per completion token; zero means the policy
+        ignores its audio (the "audio silently dropped" failure). ``audio_preferred``: the share
+        of completions the policy finds likelier with their own clip than with silence (ties
+        count half): 0.5 means the answers do not depend on what it hears, near 1 that they do.
+        Both come from one micro-batch and two forward passes; the accuracy with and without the
+        audio itself, which needs fresh decoding, is ``rlhf eval --ablate silence``.
         """
         if mb.sequences.input_features is None:
-            return 0.0
+            return {"audio_sensitivity": 0.0, "audio_preferred": 0.5}
         silent = copy.copy(mb.sequences)
         silent.input_features = torch.zeros_like(mb.sequences.input_features)
         with_audio, _ = self.logprobs(mb.sequences)
         without, _ = self.logprobs(silent)
         mask = mb.sequences.completion_mask.float()
-        return float(((with_audio - without).abs() * mask).sum() / mask.sum().clamp(min=1))
+        delta = (with_audio - without) * mask
+        gain = delta.sum(dim=1)  # log p(completion | clip) - log p(completion | silence)
+        preferred = (gain > 0).float() + 0.5 * (gain == 0).float()
+        return {
+            "audio_sensitivity": float(delta.abs().sum() / mask.sum().clamp(min=1)),
+            "audio_preferred": float(preferred.mean()),
+        }
 
     def batch_metrics(self, micro_batches: list[MicroBatch]) -> dict[str, float]:
         """What the update will learn from, over all processes: trained tokens, the largest

@@ -66,6 +66,7 @@ def test_grpo_steps_log_metrics_and_change_weights(tiny_model_dir, tiny_dataset_
     assert metrics["reward"]["think_length"]["applicable"] == 1.0
     # the policy hears its audio: silencing it changes the log-probs of what it said
     assert metrics["audio_sensitivity"] > 0
+    assert 0.0 <= metrics["audio_preferred"] <= 1.0
     changed = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed and not any(k.startswith("encoder.") for k in changed)  # frozen
 
