@@ -96,7 +96,9 @@ def test_adapter_is_chosen_from_the_checkpoint_config(arch_dir):
     assert type(policy.adapter) is ADAPTER[arch]
     assert adapter_for(policy.base.config) is ADAPTER[arch]
     assert adapter_for(policy.base.config.to_dict()).name == arch
-    assert policy.adapter.vllm_names(policy.base.config).architecture == type(policy.base).__name__
+    vllm = policy.adapter.vllm_names(policy.base.config)
+    assert vllm.architecture == type(policy.base).__name__
+    assert (vllm.audio_placeholder is None) == (arch == "text")
 
 
 def test_chunked_logprobs_equal_the_model_forward(arch_dir):

@@ -81,8 +81,11 @@ class ModelAdapter:
         raise NotImplementedError
 
     def vllm_names(self, config) -> VllmNames:
-        """The names a vLLM engine needs for a checkpoint with this ``config``."""
-        return self.vllm
+        """The names a vLLM engine needs for a checkpoint with this ``config``; a family with no
+        model class of its own (a plain causal LM) is served as the checkpoint's architecture."""
+        if self.vllm.architecture:
+            return self.vllm
+        return VllmNames((config.architectures or [""])[0], None, None)
 
     @property
     def tokenizer(self):

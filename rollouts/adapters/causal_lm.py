@@ -38,16 +38,13 @@ class CausalLMAdapter(ModelAdapter):
     """A text-only causal LM (``AutoModelForCausalLM``); the processor is its tokenizer."""
 
     name = "text"
-    vllm = VllmNames("", None, None)  # vLLM serves the checkpoint's own architecture
+    vllm = VllmNames("", None, None)  # vLLM serves it as the checkpoint's own architecture
 
     @classmethod
     def load_processor(cls, path) -> Any:
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(path)
-
-    def vllm_names(self, config) -> VllmNames:
-        return VllmNames((config.architectures or [""])[0], None, None)
 
     # ------------------------------------------------------------------ tokens
     def _token_id(self, token: str) -> int | None:
