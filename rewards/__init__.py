@@ -1,6 +1,6 @@
 """Rewards for speech RL: plain functions with TRL's signature, and a runner that never crashes training."""
 
-from rewards import accuracy, format, judge, paralinguistic, transcription  # noqa: F401  (register)
+from rewards import accuracy, format, judge, paralinguistic, spoken, transcription  # noqa: F401
 from rewards.normalize import TextNormalizer, number_to_words
 from rewards.registry import check_reward, get_reward, registered_rewards, reward
 from rewards.runner import RewardResult, RewardRunner, RewardSpec, load_specs
