@@ -41,17 +41,28 @@ def _recipe(name: str) -> str:
 
 
 def compare(before: dict, after: dict) -> Table:
-    """The held-out figures of two eval JSONs side by side."""
-    table = Table(title="held-out test split: SFT → GRPO")
+    """The held-out figures of two eval JSONs side by side: accuracy (also with the audio
+    ablated, when evaluated so), transcription, and the shape and length of spoken answers."""
+    speakers = before.get("speakers") or {}
+    title = "held-out test split: SFT → GRPO"
+    if speakers.get("unseen") is not None:
+        title += f" ({speakers['unseen']} of {speakers['n']} speakers unseen in training)"
+    table = Table(title=title)
     for column in ("metric", "SFT", "GRPO", "change"):
         table.add_column(column, justify="right" if column != "metric" else "left")
     rows = [(f"accuracy {dim}", ("paralinguistic", dim)) for dim in before["paralinguistic"]]
+    rows.append(("accuracy mean", ("accuracy_mean",)))
+    for name, figures in (before.get("ablations") or {}).items():
+        rows.append((f"  {name}", ("ablations", name, "accuracy_mean")))
+        if "donor" in figures:
+            rows.append((f"  {name} (heard)", ("ablations", name, "donor", "accuracy_mean")))
     rows += [
-        ("accuracy mean", ("accuracy_mean",)),
         ("WER", ("asr", "wer")),
         ("CER", ("asr", "cer")),
         ("think words", ("think_words_mean",)),
         ("format ok", ("format_ok",)),
+        ("spoken TA4 format ok", ("spoken", "ta4_ok")),
+        ("spoken audio codes", ("spoken", "audio_codes_mean")),
     ]
     for label, keys in rows:
         a, b = _get(before, keys), _get(after, keys)
@@ -62,9 +73,6 @@ def compare(before: dict, after: dict) -> Table:
 
 
 def _get(report: dict, keys: tuple[str, ...]) -> float | None:
-    if keys == ("accuracy_mean",):
-        values = list(report["paralinguistic"].values())
-        return sum(values) / len(values)
     value = report
     for key in keys:
         value = value.get(key) if isinstance(value, dict) else None

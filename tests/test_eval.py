@@ -187,3 +187,26 @@ def test_ablation_figures_show_a_policy_that_listens(tiny, monkeypatch, tmp_path
     assert shuffle["donor"]["accuracy_mean"] == 1.0  # it answers what it hears
     assert shuffle["donor"]["asr"]["wer"] == 0.0
     assert shuffle["asr"]["wer"] > 0.5 and shuffle["accuracy_mean"] < 1.0
+
+
+def test_demo_table_shows_ablations_unseen_speakers_and_spoken_length():
+    from rich.console import Console
+
+    from rlhf.demo import compare
+
+    def report(accuracy: float, silence: float, codes: float) -> dict:
+        return {
+            "paralinguistic": {"gender": accuracy, "pitch": accuracy, "speed": accuracy},
+            "accuracy_mean": accuracy,
+            "asr": {"wer": 0.5, "cer": 0.3},
+            "speakers": {"n": 9, "unseen": 9},
+            "ablations": {"silence": {"accuracy_mean": silence}},
+            "spoken": {"ta4_ok": 0.9, "audio_codes_mean": codes},
+        }
+
+    console = Console(width=120, record=True)
+    console.print(compare(report(0.7, 0.4, 44.0), report(0.8, 0.35, 217.0)))
+    text = console.export_text()
+    assert "9 of 9 speakers" in text
+    assert "silence" in text and "-0.050" in text
+    assert "spoken audio codes" in text and "+173.000" in text
