@@ -50,6 +50,8 @@ def reward_model_dir(tiny_model_dir, tiny_dataset_dir, tmp_path_factory):
     "recipe",
     [
         "tiny_grpo.yaml",
+        "tiny_grpo_asr.yaml",
+        "tiny_grpo_spoken.yaml",
         "step_audio2_ppo_think.yaml",
         "step_audio2_ppo_rm.yaml",
         "step_audio2_grpo_perception.yaml",
