@@ -67,6 +67,8 @@ def shard(module: nn.Module, strategy: str, device: torch.device | str) -> nn.Mo
     for sub in module.modules():
         if isinstance(sub, FSDPModule):
             sub.set_gradient_divide_factor(1.0)
+            # plain SUM collectives: gloo has no pre-multiplied sum (and NCCL copies less)
+            sub.set_force_sum_reduction_for_comms(True)
     if hasattr(module, "values"):
         register_fsdp_forward_method(module, "values")
     return module
@@ -122,9 +124,10 @@ def load_sharded(
         raise CheckpointError(f"{folder}: no readable sharded state ({err})") from err
     state = _state(parts)
     for name in parts:
-        wanted = {f"{name}.model.{key}" for key in state[name]["model"]}
-        have = {key for key in saved if key.startswith(f"{name}.model.")}
-        missing, unexpected = sorted(wanted - have), sorted(have - wanted)
+        prefix = f"{name}.model."
+        have = {key.removeprefix(prefix) for key in saved if key.startswith(prefix)}
+        missing = sorted(set(state[name]["model"]) - have)
+        unexpected = sorted(have - set(state[name]["model"]))
         if missing or unexpected:
             raise CheckpointError(
                 f"{folder}: the checkpoint's {name} weights do not fit this run: "

@@ -36,6 +36,7 @@ import json, sys
 from pathlib import Path
 from rlhf import trainer as T
 from rlhf.cli import main
+from rlhf.distributed import full_tensor
 
 log = Path(sys.argv[1])
 micro_batches, optimizer_step = T.RLTrainer.micro_batches, T.RLTrainer.optimizer_step
@@ -52,7 +53,7 @@ def traced_micro_batches(self, samples, rollouts):
 
 def traced_optimizer_step(self):
     norm = optimizer_step(self)
-    params = [p for p in self.model.parameters() if p.requires_grad]
+    params = [full_tensor(p) for p in self.model.parameters() if p.requires_grad]  # FSDP shards
     record(self, weights=float(sum(p.double().sum() for p in params)))
     return norm
 
@@ -194,7 +195,7 @@ def test_two_processes_train_against_one_pool(ray_head, tiny_model_dir, tiny_dat
         # each rank trains on its own shard; together they cover the batch once
         assert shards[0]["rows"] and shards[1]["rows"]
         assert sorted(shards[0]["rows"] + shards[1]["rows"]) == list(range(8))
-        # gradients were all-reduced: both ranks end the step with the same weights
+        # gradients were reduced by FSDP: both ranks end the step with the same (gathered) weights
         weights = [find(entries, step, "weights") for entries in ranks]
         assert weights[0]["weights"] == weights[1]["weights"]
 
