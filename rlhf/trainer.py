@@ -116,7 +116,10 @@ class RLTrainer:
         # checkpoint loaded again (sharded like the policy, never a copy of the policy's memory).
         self.reference: LogProbModel | None = None
         if acfg.beta > 0 and not self.lora:
-            reference = Policy.from_pretrained(config.model.path, device=str(device))
+            # in the compute dtype: it is never trained
+            reference = Policy.from_pretrained(
+                config.model.path, dtype=config.model.dtype, device=str(device)
+            )
             reference.model.eval().requires_grad_(False)
             self.reference = LogProbModel(reference)
         critic_scorer = None

@@ -42,9 +42,14 @@ def compute_dtype(config: ModelConfig) -> torch.dtype:
 
 
 def autocast(dtype: torch.dtype, device: torch.device | str) -> AbstractContextManager:
-    """Compute in ``dtype`` over fp32 weights (CPU and CUDA autocast both support bf16)."""
+    """Compute in ``dtype`` over fp32 weights (CPU and CUDA autocast both support bf16).
+
+    Without autocast's cache of cast weights: it would keep a ``dtype`` copy of every trained
+    weight until the forward ends (2 bytes × parameters, unsharded even under FSDP), where each
+    decoder weight is used once per forward anyway."""
     device_type = torch.device(device).type
-    return torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32)
+    enabled = dtype != torch.float32
+    return torch.autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=False)
 
 
 def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:

@@ -294,6 +294,8 @@ class _ChunkedLogprobs(torch.autograd.Function):
         # backward recomputes the logits as forward did: in the autocast dtype, if any
         device = hidden.device.type
         ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
+        stored = weight  # backward casts again rather than keep a cast copy alive
+        weight = _compute_weight(weight, ctx.autocast)
         logps = hidden.new_empty(targets.shape, dtype=torch.float32)
         entropies = torch.empty_like(logps)
         for start in range(0, targets.numel(), chunk_size):
@@ -301,7 +303,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
             log_p = _log_softmax(hidden[rows], weight, temperature)
             logps[rows] = log_p.gather(-1, targets[rows, None]).squeeze(-1)
             entropies[rows] = -log_p.exp().mul_(log_p).sum(-1)
-        ctx.save_for_backward(hidden, weight, targets, entropies)
+        ctx.save_for_backward(hidden, stored, targets, entropies)
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
         return logps, entropies
 
@@ -312,9 +314,18 @@ class _ChunkedLogprobs(torch.autograd.Function):
             return _chunked_backward(ctx, grad_logps, grad_entropies)
 
 
+def _compute_weight(weight: torch.Tensor, autocast: tuple) -> torch.Tensor:
+    """The LM head weight cast once to the autocast dtype (if any), not once per chunk."""
+    _, dtype, enabled = autocast
+    return weight.to(dtype) if enabled and weight.is_floating_point() else weight
+
+
 def _chunked_backward(ctx, grad_logps, grad_entropies):
-    """``_ChunkedLogprobs.backward``: each chunk's logits recomputed, closed-form gradients."""
+    """``_ChunkedLogprobs.backward``: each chunk's logits recomputed, closed-form gradients
+    (accumulated in fp32, returned in the weight's own dtype)."""
     hidden, weight, targets, entropies = ctx.saved_tensors
+    weight_dtype = weight.dtype
+    weight = _compute_weight(weight, ctx.autocast)
     grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
     grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
     for start in range(0, targets.numel(), ctx.chunk_size):
@@ -335,7 +346,7 @@ def _chunked_backward(ctx, grad_logps, grad_entropies):
         if grad_weight is not None:
             grad_weight += (grad_logits.T @ hidden[rows]).float()
     if grad_weight is not None:
-        grad_weight = grad_weight.to(weight.dtype)
+        grad_weight = grad_weight.to(weight_dtype)
     return grad_hidden, grad_weight, None, None, None
 
 
