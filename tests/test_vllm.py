@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +55,12 @@ def engine(tiny_model_dir, policy) -> VLLMEngine:
     return VLLMEngine(tiny_model_dir, policy.adapter, options=OPTIONS)
 
 
-def teacher_forced(policy: Policy, rollouts, temperature: float) -> list[torch.Tensor]:
+def teacher_forced(
+    policy: Policy, rollouts, temperature: float, samples=SAMPLES
+) -> list[torch.Tensor]:
     """Log-probs of each rollout's tokens under our transformers model, from the distribution the
     engine samples: the processor-only tokens biased away, then the temperature."""
-    samples = {s.id: s for s in SAMPLES}
+    samples = {s.id: s for s in samples}
     batch = policy.rollout_batch(samples, rollouts)
     with torch.no_grad():
         logits = policy.base.lm_head(policy.hidden_states(batch)).float()
@@ -101,11 +104,17 @@ def test_sampled_logprobs_equal_teacher_forced_ones(engine, policy):
     rollouts = engine.generate(
         SAMPLES, 3, SamplingParams(temperature=0.8, max_new_tokens=12, **PLAIN)
     )
-    for r, reference in zip(rollouts, teacher_forced(policy, rollouts, 0.8), strict=True):
+    # the same prompts with silence in place of the clips: what an engine that dropped the audio
+    silent = [replace(s, audio=[np.zeros_like(a) for a in s.audio]) for s in SAMPLES]
+    deaf = teacher_forced(policy, rollouts, 0.8, silent)
+    for r, reference, without in zip(
+        rollouts, teacher_forced(policy, rollouts, 0.8), deaf, strict=True
+    ):
         assert len(r.logprobs) == len(r.completion_ids) == len(r.loss_mask)
         torch.testing.assert_close(
             torch.tensor(r.logprobs), reference, atol=LOGPROB_TOLERANCE, rtol=0
         )
+        assert (torch.tensor(r.logprobs) - without).abs().max() > 100 * LOGPROB_TOLERANCE
 
 
 def test_a_samples_rollouts_do_not_depend_on_its_batch(engine):
