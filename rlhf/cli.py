@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reward-model": ("rlhf.train", "train a Bradley-Terry preference reward model"),
     "plot": ("rlhf.plot", "draw a run's metric curves to PNG"),
     "bench": ("rlhf.bench", "measure speed and memory"),
+    "plan": ("rlhf.plan", "memory per GPU of a recipe before launching it (meta-device models)"),
 }
 
 
