@@ -195,8 +195,12 @@ def unsharded_copy(model: torch.nn.Module, config: ModelConfig | None) -> torch.
     """A CPU model of ``model``'s class and adapters, loaded from ``config.path``."""
     if config is None:
         raise ValueError("saving a sharded model needs its ModelConfig to rebuild it unsharded")
+    from torch.distributed.fsdp import FSDPModule
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    fresh = type(base).from_pretrained(config.path, dtype=torch.float32)
+    # a wrapped root's class is FSDP2's subclass of the model's: build the model's own
+    cls = next(c for c in type(base).__mro__ if not issubclass(c, FSDPModule))
+    fresh = cls.from_pretrained(config.path, config=base.config, dtype=torch.float32)
     if hasattr(model, "peft_config"):
         from peft import get_peft_model
 

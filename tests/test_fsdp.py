@@ -2,9 +2,10 @@
 
 One ``accelerate launch`` of two processes runs, one after the other: a GRPO step (full
 fine-tuning, KL to a sharded reference, a micro-batch count that does not split evenly: one
-process pads with a filler), its resumed second step, a GRPO step with LoRA replicated
-(``run.distributed=ddp``), a PPO step with its critic, and an SFT step. The same commands run in this process, unsharded. Losses (summed over
-processes), gradient norms and the consolidated ``final/`` weights must agree.
+process pads with a filler), its resumed second step, a GRPO step with LoRA, a PPO step with its
+critic, and an SFT step with the model replicated rather than sharded (``run.distributed=ddp``).
+The same commands run in this process, unsharded. Losses (summed over processes), gradient norms
+and the consolidated ``final/`` weights must agree.
 
 Tolerances: both runs compute in fp32 on the same micro-batches, so they differ only in the
 order in which gradients are summed (gloo's reduction against local accumulation): ~1e-6
@@ -85,7 +86,6 @@ def commands(model_dir, data_dir, out: Path, processes: int) -> dict[str, list[s
             "run.steps=1",
             "model.lora.enabled=true",
             "model.lora.r=4",
-            "run.distributed=ddp",  # replicated, not sharded
         ],
         "ppo": [
             "train",
@@ -106,6 +106,7 @@ def commands(model_dir, data_dir, out: Path, processes: int) -> dict[str, list[s
             f"run.output_dir={out / 'sft'}",
             "run.steps=1",
             f"optim.micro_batch_size={4 // processes}",
+            "run.distributed=ddp",  # replicated, not sharded
             "optim.warmup_steps=0",
         ],
     }
