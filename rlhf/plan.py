@@ -21,7 +21,11 @@ GPUs under ``run.distributed=fsdp``, 1 under ``ddp``), ``P`` parameters, ``T`` t
 - rollout engine, main process, local engine only: its ``2 B × P`` copy (when it does not share
   the trained weights), its KV cache ``2 B × 2 × layers × kv_heads × head_dim × batch × tokens``
   and ``4 B × batch × V`` logits. Generation and the update do not overlap: the peak holds the
-  larger of the two transients.
+  larger of the two transients;
+- ``reward_model`` rewards: the scoring model (the body and a 1-output head) in its ``dtype``, on
+  the main process's GPU unless its ``device`` names another one.
+
+The total is that of the fullest GPU: the main process's, or another one holding a reward model.
 
 It fits when the total is within 90 % of ``--gpu-memory`` (the CUDA context, the allocator's
 fragmentation and NCCL buffers take the rest). When it does not, the plan names the settings
@@ -157,10 +161,21 @@ def estimate(config: Any, shapes: Shapes, gpus: int, prompt_tokens: int) -> dict
     sequence = prompt_tokens + config.rollout.sampling.max_new_tokens
     kv = 2 * 2 * shapes.layers * shapes.kv_heads * shapes.head_dim * sequence
     terms["engine_cache"] = config.rollout.batch_size * (kv + 4 * shapes.vocab) if local else 0.0
+    scorer = shapes.params - shapes.lm_head + shapes.hidden
+    on_main = on_other = 0.0
+    for entry in config.rewards:
+        if dict(entry).get("name") == "reward_model":
+            size = scorer * (2 if entry.get("dtype") in ("bfloat16", "float16") else 4)
+            if str(entry.get("device") or "cuda:0") in ("cuda", "cuda:0"):
+                on_main += size
+            else:
+                on_other += size
+    terms["reward_models"] = on_main
+    terms["reward_models_elsewhere"] = on_other
     static = sum(terms[k] for k in ("parameters", "gradients", "optimizer", "reference", "critic"))
-    static += terms["engine_weights"]
     update = terms["gathered"] + terms["activations"] + terms["logprob_chunk"]
-    terms["total"] = static + max(update, terms["engine_cache"])
+    main = static + terms["engine_weights"] + on_main + max(update, terms["engine_cache"])
+    terms["total"] = max(main, static + on_other + update)
     return terms
 
 
@@ -229,7 +244,9 @@ def render(
         (f"log-prob chunk ({config.run.logprob_chunk_size} tokens)", "logprob_chunk"),
         ("rollout engine (main process): weights", "engine_weights"),
         (f"  KV cache + logits of {rollout.batch_size} sequences", "engine_cache"),
-        ("total at peak", "total"),
+        ("reward models (main process)", "reward_models"),
+        ("  on another GPU (their `device`)", "reward_models_elsewhere"),
+        ("total at peak, fullest GPU", "total"),
     ]
     lines = [
         f"{gpus} x {memory:g} GB, {layout}",

@@ -76,3 +76,19 @@ def test_the_released_config_is_step_audio_2_mini():
     assert (shapes.hidden, shapes.layers, shapes.vocab) == (3584, 28, 158720)
     assert shapes.lm_head == 3584 * 158720
     assert shapes.params == 8_315_179_264
+
+
+def test_a_reward_model_counts_on_the_gpu_it_is_placed_on():
+    """ppo_rm puts its bf16 reward model on GPU 1, beside no engine; on the main GPU it would
+    not fit."""
+    recipe = RECIPES / "step_audio2_ppo_rm.yaml"
+    shapes = model_shapes(RELEASED_CONFIG, 16, ["q_proj"])
+    scorer = 2 * (shapes.params - shapes.lm_head + shapes.hidden)
+    placed = estimate(load_config(RLConfig, recipe, []), shapes, 8, 512)
+    assert (placed["reward_models"], placed["reward_models_elsewhere"]) == (0, scorer)
+    main_gpu = load_config(
+        RLConfig, recipe, ["rewards=[{name: reward_model, path: rm, dtype: bfloat16}]"]
+    )
+    crowded = estimate(main_gpu, shapes, 8, 512)
+    assert crowded["reward_models"] == scorer
+    assert crowded["total"] == placed["total"] + scorer > 72e9
