@@ -216,8 +216,9 @@ class RewardModelTrainer:
             shuffle=config.data.shuffle,
         )
         self.compute_dtype = compute_dtype(config.model)
-        self.model = load_reward_model(config.model, self.accelerator.device)
-        if self.accelerator.num_processes > 1:
+        sharded = self.accelerator.num_processes > 1  # then loaded on the CPU, moved as sharded
+        self.model = load_reward_model(config.model, "cpu" if sharded else self.accelerator.device)
+        if sharded:
             if config.batch_size % self.accelerator.num_processes:
                 raise ConfigError(
                     f"batch_size: {config.batch_size} pairs do not split evenly over "

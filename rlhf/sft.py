@@ -109,10 +109,11 @@ class SFTTrainer:
 
         self.examples = load_examples(config.data)
         self.compute_dtype = compute_dtype(config.model)
-        self.policy = load_policy(config.model, self.accelerator.device)
+        sharded = self.accelerator.num_processes > 1  # then loaded on the CPU, moved as sharded
+        self.policy = load_policy(config.model, "cpu" if sharded else self.accelerator.device)
         self.model = self.policy.model
         self.scorer = LogProbModel(self.policy)
-        if self.accelerator.num_processes > 1:
+        if sharded:
             shard(self.scorer, config.run.distributed, self.accelerator.device)
         # One step: a micro-batch on every process; their gradients are summed (see step).
         self.batch_size = config.optim.micro_batch_size * self.accelerator.num_processes

@@ -102,7 +102,11 @@ class RLTrainer:
 
         device = self.accelerator.device
         self.compute_dtype = compute_dtype(config.model)
-        self.policy = load_policy(config.model, device)
+        # Sharded models load on the CPU: FSDP2 moves each unit to the GPU as it shards it, so no
+        # GPU ever holds a whole model (FSDP replaces the parameters: optimizers come after).
+        self.sharded = self.accelerator.num_processes > 1
+        load_device = "cpu" if self.sharded else device
+        self.policy = load_policy(config.model, load_device)
         self.model = disable_dropout(self.policy.model)
         self.scorer = LogProbModel(self.policy)
         self.lora = config.model.lora.enabled
@@ -118,7 +122,7 @@ class RLTrainer:
         if acfg.beta > 0 and not self.lora:
             # in the compute dtype: it is never trained
             reference = Policy.from_pretrained(
-                config.model.path, dtype=config.model.dtype, device=str(device)
+                config.model.path, dtype=config.model.dtype, device=str(load_device)
             )
             reference.model.eval().requires_grad_(False)
             self.reference = LogProbModel(reference)
@@ -126,9 +130,7 @@ class RLTrainer:
         if acfg.name == "ppo":
             from rlhf.critic import critic_scorer as build_critic_scorer
 
-            critic_scorer = build_critic_scorer(config, self.scorer, device)
-        # FSDP2 replaces the parameters: optimizers are built after sharding.
-        self.sharded = self.accelerator.num_processes > 1
+            critic_scorer = build_critic_scorer(config, self.scorer, load_device)
         if self.sharded:
             for module in dict.fromkeys((self.scorer, self.reference, critic_scorer)):
                 if module is not None:
