@@ -58,6 +58,7 @@ def evaluate(
     device: str = "cpu",
     dtype: str = "float32",
     ablate: Sequence[str] = (),
+    tasks: Sequence[str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Greedy completions of ``model_dir`` for the rows of ``data_dir``'s ``split``, scored.
@@ -67,7 +68,7 @@ def evaluate(
     ``SamplingParams``' defaults, for sampling). ``dtype`` is the dtype the weights load in;
     ``max_audio_s`` the longest clip a row may hold, as a recipe's ``data.max_audio_s``.
     ``ablate``: names from ``ABLATIONS``, each decoded and scored again on ablated audio (the
-    paralinguistic and transcription rows).
+    paralinguistic and transcription rows). ``tasks``: only the rows of these tasks.
 
     Returns ``{"n", "paralinguistic": {dim: accuracy}, "accuracy_mean", "asr": {"wer", "cer"},
     "think_words_mean", "format_ok", "spoken", "counts", "speakers", "ablations", ...}``; a figure
@@ -80,6 +81,11 @@ def evaluate(
 
     started = time.perf_counter()
     dataset = load_prompt_dataset(data_dir, split)
+    if tasks:
+        if "task" not in dataset.column_names:
+            raise ValueError(f"{data_dir}:{split}: no `task` column to select tasks {list(tasks)}")
+        wanted = set(tasks)
+        dataset = dataset.filter(lambda task: task in wanted, input_columns="task")
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     if len(dataset) == 0:
@@ -382,6 +388,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--json", help="write the figures to this JSON file")
     parser.add_argument("--max-samples", type=int, help="evaluate the first N rows only")
+    parser.add_argument(
+        "--tasks", nargs="+", help="evaluate only the rows of these tasks (the `task` column)"
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--no-think", action="store_true", help="do not prefill <think>")
@@ -442,6 +451,7 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         dtype=args.dtype or checkpoint_dtype(args.model),
         ablate=args.ablate,
+        tasks=args.tasks,
     )
     print_table(results, title=f"{args.model} on {args.data}:{args.split}")
     if args.json:

@@ -116,6 +116,8 @@ def test_evaluate_function_limits_samples(tiny):
     results = evaluate(tiny / "model", tiny / "data", max_samples=3, batch_size=2, max_new_tokens=4)
     assert results["n"] == 3
     assert sum(results["counts"].values()) == 3
+    chosen = evaluate(tiny / "model", tiny / "data", tasks=["pitch", "speed"], max_new_tokens=4)
+    assert chosen["counts"] == {"pitch": 2, "speed": 2}
 
 
 def test_ablations_keep_length_and_shuffle_within_a_question():
