@@ -95,8 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=1,
-        help="torch CPU threads (default 1: as fast as 2 on an idle 2-core machine, unaffected "
-        "by other processes, and the same figures on every run)",
+        help="torch CPU threads (default 1: not slowed by other processes on a small machine, "
+        "and the same figures on every run)",
     )
 
 
