@@ -468,12 +468,13 @@ def _check_values(config: Any, fail: Callable[[str, str], None], prefix: str = "
 
 
 def _report_to(value: Any) -> list[str]:
-    """TRL's forms: one tracker, a list, 'all' or 'none'."""
+    """TRL's forms: one tracker, a list, 'all' (every installed tracker, resolved when the run
+    starts) or 'none'."""
     names = [value] if isinstance(value, str) else list(value or [])
     if names == ["none"]:
         return []
     if names == ["all"]:
-        return list(TRACKERS)
+        return names
     for name in names:
         if name not in TRACKERS:
             valid = ", ".join((*TRACKERS, "all", "none"))

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rlhf.config import ConfigError
+from rlhf.config import TRACKERS, ConfigError
 
 SAMPLES_TABLE = "samples"
 
@@ -142,6 +142,11 @@ class MetricsLogger:
             raise ConfigError(
                 f"run.output_dir: cannot write {self.path}: {err.strerror or err}"
             ) from err
+        if list(report_to) == ["all"]:  # as TRL: every tracker that is installed
+            from accelerate.tracking import get_available_trackers
+
+            available = {str(t) for t in get_available_trackers()}
+            report_to = [name for name in TRACKERS if name in available]
         self.trackers = [self._tracker(name, project) for name in report_to]
         for tracker in self.trackers:
             tracker.start()

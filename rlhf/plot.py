@@ -15,6 +15,8 @@ PREFERRED = (
     "think_words/mean",
     "completion_length/mean",
     "kl",
+    "approx_kl",
+    "explained_variance",
     "entropy",
     "clip_fraction",
     "grad_norm",

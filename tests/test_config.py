@@ -123,7 +123,7 @@ def test_a_type_error_names_the_override_in_one_line():
     [
         ("wandb", ["wandb"]),
         ("[wandb,tensorboard]", ["wandb", "tensorboard"]),
-        ("all", ["tensorboard", "wandb", "trackio"]),
+        ("all", ["all"]),
         ("none", []),
     ],
 )

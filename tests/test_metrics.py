@@ -178,3 +178,14 @@ def test_progress_off_a_terminal_is_a_plain_line_every_n_steps():
     with StepProgress("RL", 5, stream=quiet, enabled=False) as progress:
         progress.update(5, {"reward": 0.5})
     assert quiet.getvalue() == ""  # not the main process
+
+
+def test_report_to_all_starts_every_installed_tracker_and_only_those(tmp_path):
+    from accelerate.tracking import get_available_trackers
+
+    installed = {str(t) for t in get_available_trackers()}
+    logger = MetricsLogger(tmp_path, ["all"], config={"a": 1})
+    started = {type(t).name for t in logger.trackers}
+    logger.close()
+    assert "tensorboard" in started  # a dev dependency
+    assert started == {"tensorboard", "wandb", "trackio"} & installed
