@@ -35,13 +35,12 @@ from rlhf.config import (
     DataConfig,
     ModelConfig,
     RewardModelConfig,
-    save_config,
 )
 from rlhf.data import grammar
 from rlhf.data.loading import load_split, row_to_sample
 from rlhf.data.stream import PromptStream
 from rlhf.distributed import shard
-from rlhf.metrics import MetricsLogger, StepProgress
+from rlhf.metrics import MetricsLogger
 from rlhf.training import (
     autocast,
     build_optimizer,
@@ -49,6 +48,7 @@ from rlhf.training import (
     optimizer_step,
     prepare_model,
     save_pretrained,
+    train_loop,
 )
 from rollouts.chat import AssistantTarget, render_completion
 from rollouts.processor import StepAudio2Processor
@@ -314,19 +314,13 @@ class RewardModelTrainer:
     def train(self) -> list[dict[str, Any]]:
         """Train, log every step, evaluate on ``data.eval_split``, save ``run_dir/final``."""
         cfg = self.config
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
-        history = []
-        with StepProgress(
-            "reward model", cfg.run.steps, every=cfg.run.progress_every, enabled=self.is_main
-        ) as progress:
-            while self.global_step < cfg.run.steps:
-                metrics = self.step()
-                history.append(metrics)
-                self.logger.log(self.global_step, metrics)
-                values = {"loss": metrics["loss"], "accuracy": metrics["accuracy"]}
-                progress.update(self.global_step, values)
+        history = train_loop(
+            self,
+            "reward model",
+            cfg.run.steps,
+            main_process=self.is_main,
+            status=lambda m: {"loss": m["loss"], "accuracy": m["accuracy"]},
+        )
         if cfg.eval_pairs and self.is_main:
             evaluation = self.evaluate_split(cfg.data.eval_split)
             if evaluation is not None:

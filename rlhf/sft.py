@@ -26,11 +26,11 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.progress import track
 
-from rlhf.config import DataConfig, SFTConfig, save_config
+from rlhf.config import DataConfig, SFTConfig
 from rlhf.data.loading import load_split, row_to_sample
 from rlhf.data.stream import PromptStream
 from rlhf.distributed import shard
-from rlhf.metrics import MetricsLogger, StepProgress
+from rlhf.metrics import MetricsLogger
 from rlhf.training import (
     autocast,
     build_optimizer,
@@ -38,6 +38,7 @@ from rlhf.training import (
     load_policy,
     optimizer_step,
     save_pretrained,
+    train_loop,
 )
 from rollouts.chat import IGNORE_INDEX, AssistantTarget
 from rollouts.policy import LogProbModel, SequenceBatch
@@ -186,17 +187,9 @@ class SFTTrainer:
 
     def train(self) -> list[dict[str, Any]]:
         """Run every step, log each, save ``run_dir/final``; returns the per-step metrics."""
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(self.config, self.run_dir / "config.yaml")
-        history = []
-        every = self.config.run.progress_every
-        with StepProgress("SFT", self.steps, every=every, enabled=self.is_main) as progress:
-            while self.global_step < self.steps:
-                metrics = self.step()
-                history.append(metrics)
-                self.logger.log(self.global_step, metrics)
-                progress.update(self.global_step, {"loss": metrics["loss"]})
+        history = train_loop(
+            self, "SFT", self.steps, main_process=self.is_main, status=lambda m: {"loss": m["loss"]}
+        )
         self.save_final(self.run_dir / "final")
         self.logger.close()
         return history

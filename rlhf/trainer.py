@@ -45,12 +45,12 @@ from rlhf.checkpoint import (
     run_identity,
     save_checkpoint,
 )
-from rlhf.config import RLConfig, save_config
+from rlhf.config import RLConfig
 from rlhf.data.loading import load_split, row_to_sample
 from rlhf.data.stream import PromptStream
 from rlhf.distributed import load_sharded, save_sharded, shard
 from rlhf.learning_signal import LearningSignalWatchdog
-from rlhf.metrics import MetricsLogger, StepMetrics, StepProgress, Timer, explained_variance
+from rlhf.metrics import MetricsLogger, StepMetrics, Timer, explained_variance
 from rlhf.training import (
     autocast,
     build_optimizer,
@@ -60,6 +60,7 @@ from rlhf.training import (
     optimizer_step,
     prepare_model,
     save_pretrained,
+    train_loop,
 )
 from rollouts.engine import LocalEngine, sample_seed
 from rollouts.policy import LogProbModel, Policy, SequenceBatch
@@ -576,28 +577,24 @@ class RLTrainer:
         cfg = self.config
         if resume:
             self.resume(None if resume is True else Path(resume))
-        if self.accelerator.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
-            self.logger.truncate_after(self.global_step)
-        history = []
-        with StepProgress(
+        self.logger.truncate_after(self.global_step)
+
+        def after_step(metrics: dict[str, Any]) -> None:
+            self.watchdog.observe(self.global_step, metrics)  # stops a run that cannot learn
+            if cfg.run.save_every and self.global_step % cfg.run.save_every == 0:
+                self.save()
+
+        history = train_loop(
+            self,
             "RL",
             cfg.run.steps,
-            completed=self.global_step,
-            every=cfg.run.progress_every,
-            enabled=self.accelerator.is_main_process,
-        ) as progress:
-            while self.global_step < cfg.run.steps:
-                metrics = self.step()
-                history.append(metrics)
-                self.logger.log(self.global_step, metrics)
-                reward = metrics.get("reward_total", {}).get("mean")
-                accuracy = metrics.get("accuracy")
-                progress.update(self.global_step, {"reward": reward, "accuracy": accuracy})
-                self.watchdog.observe(self.global_step, metrics)  # stops a run that cannot learn
-                if cfg.run.save_every and self.global_step % cfg.run.save_every == 0:
-                    self.save()
+            main_process=self.accelerator.is_main_process,
+            status=lambda m: {
+                "reward": m.get("reward_total", {}).get("mean"),
+                "accuracy": m.get("accuracy"),
+            },
+            after_step=after_step,
+        )
         if self.global_step % max(cfg.run.save_every, 1) != 0:
             self.save()
         self.save_final(self.run_dir / "final")

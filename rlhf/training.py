@@ -12,16 +12,18 @@ hand: every trainer normalises its loss by whole-batch counts, so the processes'
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
 from rlhf.checkpoint import write_atomic
-from rlhf.config import ConfigError, ModelConfig, OptimConfig
+from rlhf.config import ConfigError, ModelConfig, OptimConfig, save_config
+from rlhf.metrics import MetricsLogger, StepProgress
 from rollouts.adapters import adapter_for
 from rollouts.policy import Policy
 
@@ -210,3 +212,48 @@ def unsharded_copy(model: torch.nn.Module, config: ModelConfig | None) -> torch.
             else:
                 fresh.add_adapter(name, adapter)
     return fresh
+
+
+class Steppable(Protocol):
+    """What ``train_loop`` needs of a trainer."""
+
+    config: Any
+    run_dir: Path
+    global_step: int
+    logger: MetricsLogger
+
+    def step(self) -> dict[str, Any]: ...
+
+
+def train_loop(
+    trainer: Steppable,
+    label: str,
+    total: int,
+    *,
+    main_process: bool,
+    status: Callable[[dict[str, Any]], dict[str, Any]],
+    after_step: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """The loop of every trainer (RL, SFT, reward model): write the resolved recipe into the run
+    folder, then step until ``total``, logging each step's metrics and showing ``status(metrics)``
+    as progress; ``after_step`` is the trainer's own per-step work (RL: the learning-signal
+    watchdog and checkpoints). Returns the steps' metrics."""
+    if main_process:
+        trainer.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(trainer.config, trainer.run_dir / "config.yaml")
+    history = []
+    with StepProgress(
+        label,
+        total,
+        completed=trainer.global_step,
+        every=trainer.config.run.progress_every,
+        enabled=main_process,
+    ) as progress:
+        while trainer.global_step < total:
+            metrics = trainer.step()
+            history.append(metrics)
+            trainer.logger.log(trainer.global_step, metrics)
+            progress.update(trainer.global_step, status(metrics))
+            if after_step is not None:
+                after_step(metrics)
+    return history
