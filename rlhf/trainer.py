@@ -34,8 +34,10 @@ from rlhf.algorithms import (
     gae,
     group_advantages,
     kl_penalty,
+    masked_moments,
     policy_loss,
     truncated_importance_weights,
+    whiten,
 )
 from rlhf.algorithms.filtering import difficulty_filter, dynamic_sampling_mask, pass_rate
 from rlhf.checkpoint import (
@@ -369,22 +371,13 @@ class RLTrainer:
             mb.advantages, mb.returns = gae(
                 token_rewards, mb.values, mb.loss_mask, ppo.gamma, ppo.lam
             )
-        if ppo.whiten_advantages:
-            # statistics over the whole batch, all processes
-            stats = torch.zeros(3, device=self.accelerator.device)
+        if ppo.whiten_advantages:  # by the statistics of the whole batch, all processes
+            moments = torch.zeros(3, device=self.accelerator.device)
             for mb in micro_batches:
-                stats += torch.stack(
-                    [
-                        (mb.advantages * mb.loss_mask).sum(),
-                        (mb.advantages.square() * mb.loss_mask).sum(),
-                        mb.loss_mask.sum(),
-                    ]
-                )
-            total, squares, count = self.all_sum(stats).tolist()
-            mean = total / max(count, 1)
-            var = max(squares - count * mean**2, 0.0) / max(count - 1, 1)
+                moments += masked_moments(mb.advantages, mb.loss_mask)
+            moments = self.all_sum(moments)
             for mb in micro_batches:
-                mb.advantages = (mb.advantages - mean) / math.sqrt(var + 1e-8) * mb.loss_mask
+                mb.advantages = whiten(mb.advantages, mb.loss_mask, moments=moments)
 
     def update(self, micro_batches: list[MicroBatch]) -> dict[str, Any]:
         """``num_iterations`` optimizer steps; each accumulates gradients over all micro-batches."""

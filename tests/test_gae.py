@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf.algorithms import final_token_rewards, gae, value_loss, whiten
+from rlhf.algorithms import final_token_rewards, gae, masked_moments, value_loss, whiten
 
 
 def test_gae_hand_computed_gamma_lambda_below_one():
@@ -115,3 +115,15 @@ def test_value_head_learns_on_a_fixed_batch():
     assert len(losses) == 50
     assert losses[-1] < 0.1 * losses[0]
     torch.testing.assert_close(returns, scores[:, None] * mask)
+
+
+def test_whiten_by_the_moments_of_the_whole_batch_equals_whitening_the_whole():
+    torch.manual_seed(0)
+    x, mask = torch.randn(6, 5), (torch.rand(6, 5) > 0.3).float()
+    whole = whiten(x, mask)
+    moments = masked_moments(x[:2], mask[:2]) + masked_moments(x[2:], mask[2:])
+    parts = torch.cat(
+        [whiten(x[:2], mask[:2], moments=moments), whiten(x[2:], mask[2:], moments=moments)]
+    )
+    assert torch.allclose(parts, whole, atol=1e-6)
+    assert not torch.allclose(whiten(x[:2], mask[:2]), whole[:2], atol=1e-3)  # parts alone differ

@@ -10,6 +10,7 @@ from rlhf.algorithms.advantages import (
     gae,
     group_advantages,
     kl_penalty,
+    masked_moments,
     whiten,
 )
 from rlhf.algorithms.filtering import difficulty_filter, dynamic_sampling_mask, pass_rate
@@ -38,6 +39,7 @@ __all__ = [
     "group_advantages",
     "kl_estimate",
     "kl_penalty",
+    "masked_moments",
     "pass_rate",
     "policy_loss",
     "truncated_importance_weights",

@@ -7,6 +7,7 @@ neither biases its group's baseline nor moves the policy.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -174,21 +175,34 @@ def gae(
     return advantages, returns
 
 
-def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def masked_moments(x: Tensor, mask: Tensor) -> Tensor:
+    """``[sum, sum of squares, count]`` of ``x`` over its masked entries. Moments of the parts of a
+    batch (micro-batches, processes) add up to the whole batch's, which ``whiten`` then uses."""
+    mask = mask.float()
+    return torch.stack([(x * mask).sum(), (x.square() * mask).sum(), mask.sum()])
+
+
+def whiten(
+    x: Tensor,
+    mask: Tensor,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    moments: Tensor | None = None,
+) -> Tensor:
     """Normalise ``x`` to unit variance (and zero mean) over its masked entries.
 
     PPO's optional advantage whitening. The variance is unbiased; untrained entries come back 0.
-    With ``shift_mean=False`` the mean is kept (only the scale changes).
+    With ``shift_mean=False`` the mean is kept (only the scale changes). ``moments`` (the
+    ``masked_moments`` of the whole batch) whiten one part of a batch by the whole's statistics.
     """
     if x.shape != mask.shape:
         raise ValueError(
             f"x and mask must have the same shape; got {tuple(x.shape)}, {tuple(mask.shape)}"
         )
-    mask = mask.float()
-    n = mask.sum()
-    mean = (x * mask).sum() / n.clamp(min=1)
-    var = (((x - mean) * mask) ** 2).sum() / (n - 1).clamp(min=1)
-    out = (x - mean) * torch.rsqrt(var + eps)
+    total, squares, n = (masked_moments(x, mask) if moments is None else moments).tolist()
+    mean = total / max(n, 1.0)
+    var = max(squares - n * mean**2, 0.0) / max(n - 1, 1.0)
+    out = (x - mean) / math.sqrt(var + eps)
     if not shift_mean:
         out = out + mean
-    return out * mask
+    return out * mask.float()
