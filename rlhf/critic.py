@@ -1,10 +1,12 @@
 """PPO's critic: the value of the state before each completion token, trained on its own.
 
 With LoRA the critic is a second adapter, ``"critic"``, on the policy's own peft model plus a value
-head: the base weights are shared, not copied. With full fine-tuning it is a separate
-``StepAudio2ForSequenceClassification`` whose one-output ``score`` is the value head, loaded from
-the policy's checkpoint or from ``algorithm.ppo.critic_path`` (a reward model trained by
-``rlhf reward-model`` makes a good start: its ``score`` is kept).
+head: the base weights are shared, not copied. With full fine-tuning it is a separate model with a
+one-output ``score`` head, loaded from the policy's checkpoint or from ``algorithm.ppo.critic_path``:
+for Step-Audio 2 a ``StepAudio2ForSequenceClassification`` (a reward model trained by
+``rlhf reward-model`` makes a good start: its ``score`` is kept); for the other families, which
+transformers gives no sequence-classification class, the family's own model with a fresh ``score``
+beside its (unused) LM head.
 
 Either way the critic has its own fp32 AdamW at ``ppo.critic_lr``, computes in ``model.dtype``
 like the policy, and its parameters never meet the policy's optimizer. Its values come from a
@@ -37,6 +39,7 @@ from rlhf.training import (
     enable_checkpointing,
     optimizer_step,
 )
+from rollouts.adapters import ModelAdapter, StepAudio2Adapter
 from rollouts.policy import LogProbModel, Policy, SequenceBatch
 
 CRITIC_ADAPTER = "critic"
@@ -218,25 +221,37 @@ def _lora_critic(
         ),
     )
     model.set_adapter(policy_adapter)  # the policy's adapter trainable, the critic's frozen
-    scorer.value_head = value_head(policy.base.config.text_config.hidden_size, device)
+    scorer.value_head = value_head(policy.base.config.get_text_config().hidden_size, device)
     return scorer
 
 
 def _full_critic(config: RLConfig, policy: Policy, device: torch.device | str) -> LogProbModel:
-    from rollouts.value_model import StepAudio2ForSequenceClassification
-
     source = config.algorithm.ppo.critic_path or config.model.path
-    model, info = StepAudio2ForSequenceClassification.from_pretrained(
-        source, num_labels=1, dtype=torch.float32, output_loading_info=True
-    )
-    model.to(device)
-    if "score.weight" in info["missing_keys"]:  # a policy checkpoint: no value head yet
-        with torch.no_grad():
-            nn.init.normal_(model.score.weight, std=1.0 / (model.score.in_features + 1))
+    model = _critic_model(type(policy.adapter), source).to(device)
     if config.model.freeze_audio_encoder:
-        for module in (model.encoder, model.adapter):
-            module.requires_grad_(False)
+        policy.adapter.freeze_audio_encoder(model)
     if config.model.gradient_checkpointing:
         enable_checkpointing(model)
     disable_dropout(model.train())
-    return LogProbModel(Policy(model, policy.processor), value_head=model.score)
+    return LogProbModel(Policy(model, policy.processor, policy.adapter), value_head=model.score)
+
+
+def _critic_model(family: type[ModelAdapter], source: str) -> nn.Module:
+    """The checkpoint at ``source`` with a one-output ``score`` head, fp32; a head that the
+    checkpoint lacks (a policy or SFT checkpoint) starts near zero, as ``value_head`` does."""
+    if family is StepAudio2Adapter:
+        from rollouts.value_model import StepAudio2ForSequenceClassification
+
+        model, info = StepAudio2ForSequenceClassification.from_pretrained(
+            source, num_labels=1, dtype=torch.float32, output_loading_info=True
+        )
+        if "score.weight" in info["missing_keys"]:
+            with torch.no_grad():
+                nn.init.normal_(model.score.weight, std=1.0 / (model.score.in_features + 1))
+        return model
+    model = family.load_model(source, torch.float32)
+    hidden = model.config.get_text_config().hidden_size
+    model.score = nn.Linear(hidden, 1, bias=False)  # a submodule: saved with the critic's state
+    with torch.no_grad():
+        nn.init.normal_(model.score.weight, std=1.0 / (hidden + 1))
+    return model

@@ -247,6 +247,47 @@ def test_a_recipe_switches_model_by_path_alone_and_takes_a_grpo_step(
     assert encoder is None or not any(k.startswith(encoder + ".") for k in changed)  # frozen
 
 
+@pytest.mark.parametrize("lora", [False, True], ids=["full critic", "lora critic"])
+def test_ppo_with_its_critic_runs_on_every_family(arch_dir, tiny_dataset_dir, tmp_path, lora):
+    """The PPO recipes too switch model by ``model.path`` alone: the critic is built from the
+    family's own model (full) or is a second adapter on the policy's base (LoRA)."""
+    arch, path = arch_dir
+    data = _text_dataset(tmp_path) if arch == "text" else tiny_dataset_dir
+    config = load_config(
+        RLConfig,
+        None,
+        [
+            f"model.path={path}",
+            f"model.lora.enabled={lora}",
+            f"data.path={data}",
+            f"run.output_dir={tmp_path / 'run'}",
+            "run.steps=1",
+            "run.save_every=0",
+            "algorithm.name=ppo",
+            "algorithm.ppo.critic_lr=1e-2",
+            "rollout.prompts_per_step=2",
+            "rollout.num_generations=2",
+            "rollout.sampling.max_new_tokens=8",
+            "rollout.sampling.temperature=1.0",
+            "optim.lr=1e-3",
+            "optim.micro_batch_size=4",
+            "rewards=[{name: adapter_test_think_chars}]",
+        ]
+        + ([] if arch == "text" else ["data.tasks=[gender]"]),
+    )
+    trainer = RLTrainer(config)
+    head = trainer.critic.head
+    before = head.weight.detach().clone()
+    metrics = trainer.step()
+    assert math.isfinite(metrics["value_loss"]) and math.isfinite(metrics["loss"])
+    assert not torch.equal(head.weight.detach(), before)  # the critic learnt
+    encoder = ADAPTER[arch].audio_encoder
+    if encoder is not None and not lora:
+        critic_model = trainer.critic.body.model
+        frozen = critic_model.get_submodule(encoder)
+        assert not any(p.requires_grad for p in frozen.parameters())
+
+
 @pytest.mark.parametrize("arch", AUDIO_ARCHS)
 def test_a_rollout_whose_prompt_lost_its_clip_is_named(arch, tmp_path_factory):
     from rlhf.data.grammar import corpus
