@@ -21,7 +21,10 @@ from rewards.errors import UserError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("rlhf.demo", "make data, build the tiny model, SFT, GRPO and evaluate, end to end"),
-    "make-tiny": ("rlhf.tiny", "build a tiny randomly initialised Step-Audio 2 model + tokenizer"),
+    "make-tiny": (
+        "rlhf.tiny",
+        "build a tiny random checkpoint (Step-Audio 2, Qwen2-Audio, Qwen2.5-Omni, text) + tokenizer",
+    ),
     "make-data": ("rlhf.data.synth", "synthesise the paralinguistic speech dataset"),
     "sft": ("rlhf.train", "supervised fine-tuning from a recipe"),
     "train": ("rlhf.train", "RL training (GRPO family, PPO) from a recipe"),
