@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     if args.sft_steps:
         sft_overrides.append(f"run.steps={args.sft_steps}")
     _rlhf("sft", _recipe("tiny_sft.yaml"), *sft_overrides)
-    evaluate = ("eval", "--data", dataset, "--batch-size", "64")
+    evaluate = ("eval", "--data", dataset, "--batch-size", "64", "--ablate", "silence")
     _rlhf(*evaluate, "--model", str(sft / "final"), "--json", str(out / "eval_sft.json"))
 
     rl_overrides = [f"model.path={sft / 'final'}", f"data.path={dataset}", f"run.output_dir={grpo}"]
