@@ -217,7 +217,8 @@ def _lora_critic(
             r=lora.r,
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
-            target_modules=list(lora.target_modules),
+            # the family's rule, as for the policy's adapter: never inside the audio encoder
+            target_modules=policy.adapter.lora_target_modules(lora.target_modules),
         ),
     )
     model.set_adapter(policy_adapter)  # the policy's adapter trainable, the critic's frozen

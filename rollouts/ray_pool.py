@@ -108,7 +108,11 @@ class RolloutWorker:
             if model.lora is not None:
                 from peft import LoraConfig, get_peft_model
 
-                policy.model = get_peft_model(policy.model, LoraConfig(**model.lora))
+                # the trainer's adapter exactly: the family scopes the layer names (never inside
+                # the audio encoder), as rlhf.training.prepare_model does
+                targets = policy.adapter.lora_target_modules(model.lora["target_modules"])
+                lora = LoraConfig(**{**model.lora, "target_modules": targets})
+                policy.model = get_peft_model(policy.model, lora)
             policy.model.eval()
             self.engine = LocalEngine(
                 policy, reward_runner, batch_size=batch_size, train_on=train_on

@@ -282,6 +282,9 @@ def test_ppo_with_its_critic_runs_on_every_family(arch_dir, tiny_dataset_dir, tm
     assert math.isfinite(metrics["value_loss"]) and math.isfinite(metrics["loss"])
     assert not torch.equal(head.weight.detach(), before)  # the critic learnt
     encoder = ADAPTER[arch].audio_encoder
+    if encoder is not None and lora:  # the critic's adapter spares the encoder, as the policy's
+        inside = [n for n, _ in trainer.model.named_parameters() if "critic" in n and encoder in n]
+        assert not inside
     if encoder is not None and not lora:
         critic_model = trainer.critic.body.model
         frozen = critic_model.get_submodule(encoder)
