@@ -38,7 +38,7 @@ import torch
 
 from rewards import RewardRunner
 from rewards.errors import UserError
-from rollouts.adapters import ModelAdapter
+from rollouts.adapters import ModelAdapter, StepAudio2Adapter
 from rollouts.audio import SAMPLE_RATE, split_clip
 from rollouts.engine import build_rollout, sample_seed, score_rollouts
 from rollouts.types import PromptSample, Rollout, SamplingParams
@@ -80,6 +80,11 @@ class VLLMEngine:
         train_on: str = "text",
         options: VLLMOptions | None = None,
     ):
+        if not isinstance(adapter, StepAudio2Adapter):  # prompts below use Step-Audio 2's blocks
+            raise UserError(
+                f"rollout.engine=vllm serves Step-Audio 2 checkpoints only; {path} is a "
+                f"{adapter.name} checkpoint: use rollout.engine=local or ray"
+            )
         self.adapter = adapter
         self.reward_runner = reward_runner
         self.train_on = train_on

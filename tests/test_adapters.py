@@ -332,3 +332,15 @@ def test_chat_template_models_refuse_what_they_cannot_render(arch_dir):
         (long,) = prompts(arch, 1, seconds=(QWEN2_AUDIO_WINDOW_S + 0.5,))
         with pytest.raises(AudioError, match=r"sample .p0.: audio\[0\] lasts .* at most 6 s"):
             adapter.prompt_inputs([long])
+
+
+def test_the_vllm_engine_refuses_other_families_before_starting(arch_dir):
+    from rewards.errors import UserError
+    from rollouts.vllm_engine import VLLMEngine
+
+    arch, path = arch_dir
+    if arch == "step-audio-2":
+        pytest.skip("the family the vLLM engine serves (tests/test_vllm.py)")
+    policy = Policy.from_pretrained(path)
+    with pytest.raises(UserError, match="serves Step-Audio 2 checkpoints only"):
+        VLLMEngine(path, policy.adapter)
