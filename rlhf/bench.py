@@ -8,6 +8,8 @@
 - ``rlhf bench step``: one GRPO configuration (8 prompts × 8 samples × 64 tokens, β 0.04, full
   fine-tuning) on the same tiny text model, prompts and reward, through our trainer and through
   TRL's ``GRPOTrainer``, in one run: seconds per step of each and their ratio.
+- ``rlhf bench rl``: the demo's SFT → GRPO over several seeds, with the listening ablations and
+  the transcription and spoken-answer recipes (``rlhf.bench_rl``).
 """
 
 from __future__ import annotations
@@ -382,6 +384,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cli.add_argument("--repeats", type=int, default=3, help="runs per command (median)")
     step = sub.add_parser("step", help="seconds per GRPO step: our trainer against TRL's")
     step.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up)")
+    from rlhf import bench_rl
+
+    rl = sub.add_parser("rl", help="SFT → GRPO over several seeds, unseen speakers, ablations")
+    bench_rl.add_arguments(rl)
     for p in (lp, gen, cli, step):
         p.add_argument("--json", type=Path, default=None, help="also write the figures here")
 
@@ -391,6 +397,10 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.what == "rl":
+        from rlhf import bench_rl
+
+        return bench_rl.run(args)
     benches = {
         "logprobs": bench_logprobs,
         "generate": bench_generate,

@@ -1,10 +1,12 @@
 """`rlhf demo [--out DIR] [--arch A]`: the whole toolkit on a laptop CPU, in minutes.
 
 Synthetic speech → tiny model (Step-Audio 2 by default; ``--arch qwen2-audio``, ``qwen2.5-omni``) →
-SFT → evaluation → GRPO → evaluation → plot. Each stage is the `rlhf` command a user would type
-(printed before it runs), so the demo doubles as a worked example of the command line. The recipes
-are the same for every family: only ``model.path`` changes, and for a model that answers in text
-only, SFT leaves out the spoken-reply rows.
+SFT in two stages (learn to hear: short answers to the paralinguistic questions; then reasoning,
+transcripts and spoken answers on a small set) → evaluation → GRPO on labels only → evaluation →
+plot. Each stage is the `rlhf` command a user would type (printed before it runs), so the demo
+doubles as a worked example of the command line. The recipes are the same for every family: only
+``model.path`` changes, and for a model that answers in text only, SFT leaves out the spoken-reply
+rows. ``rlhf bench rl`` runs the same stages over several GRPO seeds.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 console = Console()
 
 
-def _rlhf(*argv: str) -> None:
+def rlhf(*argv: str) -> None:
+    """Run ``rlhf ARGV`` in this process, printed first as a user would type it."""
     from rlhf.cli import main
 
     console.print(f"\n[bold cyan]$ rlhf {shlex.join(argv)}[/]")
@@ -31,7 +34,7 @@ def _rlhf(*argv: str) -> None:
         raise SystemExit(f"rlhf {argv[0]} failed with exit code {code}")
 
 
-def _recipe(name: str) -> str:
+def recipe(name: str) -> str:
     path = RECIPES / name
     if not path.exists():
         raise SystemExit(
@@ -100,6 +103,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def prepare(
+    out: Path,
+    *,
+    arch: str = "step-audio-2",
+    num_clips: int = 1200,
+    test_clips: int = 300,
+    sft_steps: int | None = None,
+) -> tuple[str, Path]:
+    """The demo's first half: data, a tiny ``arch`` model and its two SFT stages (learn to hear,
+    then reason); returns the dataset folder and the SFT checkpoint."""
+    data, tiny, listen, sft = out / "data", out / "tiny", out / "listen", out / "sft"
+    dataset = str(data / "data")
+    rlhf("make-data", str(data), "--num-clips", str(num_clips), "--test-clips", str(test_clips))
+    speaks = arch == "step-audio-2"  # the one family with spoken (TA4) answers
+    rlhf("make-tiny", str(tiny), "--arch", arch, *(["--audio-codes", "64"] * speaks))
+    rlhf(
+        "sft",
+        recipe("tiny_sft_listen.yaml"),
+        f"model.path={tiny}",
+        f"data.path={dataset}",
+        f"run.output_dir={listen}",
+    )
+    overrides = [f"model.path={listen / 'final'}", f"data.path={dataset}", f"run.output_dir={sft}"]
+    if not speaks:
+        overrides += ["train_on=text", "data.tasks=[transcribe,gender,pitch,speed]"]
+    if sft_steps:
+        overrides.append(f"run.steps={sft_steps}")
+    rlhf("sft", recipe("tiny_sft.yaml"), *overrides)
+    return dataset, sft / "final"
+
+
+def evaluate(
+    out: Path,
+    name: str,
+    model: Path,
+    dataset: str,
+    *,
+    ablate: tuple[str, ...] = ("silence",),
+    tasks: tuple[str, ...] = (),
+) -> dict:
+    """``rlhf eval`` of ``model`` on the held-out split into ``out/eval_{name}.json``; returns it."""
+    report = out / f"eval_{name}.json"
+    argv = ["eval", "--model", str(model), "--data", dataset, "--batch-size", "64"]
+    argv += ["--json", str(report)]
+    if ablate:
+        argv += ["--ablate", *ablate]
+    if tasks:
+        argv += ["--tasks", *tasks]
+    rlhf(*argv)
+    return json.loads(report.read_text())
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -109,37 +164,22 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     out: Path = args.out
     started = time.perf_counter()
-    data, tiny, sft, grpo = out / "data", out / "tiny", out / "sft", out / "grpo"
-    dataset = str(data / "data")
-
-    _rlhf(
-        "make-data",
-        str(data),
-        "--num-clips",
-        str(args.num_clips),
-        "--test-clips",
-        str(args.test_clips),
+    dataset, sft = prepare(
+        out,
+        arch=args.arch,
+        num_clips=args.num_clips,
+        test_clips=args.test_clips,
+        sft_steps=args.sft_steps,
     )
-    speaks = args.arch == "step-audio-2"  # the one family with spoken (TA4) answers
-    _rlhf("make-tiny", str(tiny), "--arch", args.arch, *(["--audio-codes", "64"] * speaks))
-    sft_overrides = [f"model.path={tiny}", f"data.path={dataset}", f"run.output_dir={sft}"]
-    if not speaks:
-        sft_overrides += ["train_on=text", "data.tasks=[transcribe,gender,pitch,speed]"]
-    if args.sft_steps:
-        sft_overrides.append(f"run.steps={args.sft_steps}")
-    _rlhf("sft", _recipe("tiny_sft.yaml"), *sft_overrides)
-    evaluate = ("eval", "--data", dataset, "--batch-size", "64", "--ablate", "silence")
-    _rlhf(*evaluate, "--model", str(sft / "final"), "--json", str(out / "eval_sft.json"))
-
-    rl_overrides = [f"model.path={sft / 'final'}", f"data.path={dataset}", f"run.output_dir={grpo}"]
+    before = evaluate(out, "sft", sft, dataset)
+    grpo = out / "grpo"
+    overrides = [f"model.path={sft}", f"data.path={dataset}", f"run.output_dir={grpo}"]
     if args.rl_steps:
-        rl_overrides.append(f"run.steps={args.rl_steps}")
-    _rlhf("train", _recipe("tiny_grpo.yaml"), *rl_overrides)
-    _rlhf(*evaluate, "--model", str(grpo / "final"), "--json", str(out / "eval_rl.json"))
-    _rlhf("plot", str(grpo), "--out", str(out / "curves.png"))
+        overrides.append(f"run.steps={args.rl_steps}")
+    rlhf("train", recipe("tiny_grpo.yaml"), *overrides)
+    after = evaluate(out, "rl", grpo / "final", dataset)
+    rlhf("plot", str(grpo), "--out", str(out / "curves.png"))
 
-    before = json.loads((out / "eval_sft.json").read_text())
-    after = json.loads((out / "eval_rl.json").read_text())
     console.print(compare(before, after))
     minutes = (time.perf_counter() - started) / 60
     console.print(f"demo finished in {minutes:.1f} min; everything is in {out}/")

@@ -53,13 +53,15 @@ class Example:
     target: AssistantTarget
 
 
-def row_target(row: dict[str, Any], where: str = "row") -> AssistantTarget:
+def row_target(row: dict[str, Any], where: str = "row", think: bool = True) -> AssistantTarget:
     """The assistant answer of a dataset row (columns ``target_think``, ``target_answer``,
-    ``target_audio_codes``); ``where`` names the row in errors."""
+    ``target_audio_codes``); ``where`` names the row in errors. Without ``think`` (the recipe's
+    ``data.think: false``: no ``<think>`` prefill) the reasoning is left out and the answer is
+    learnt directly."""
     if row.get("target_answer") is None:
         raise KeyError(f"{where}: no 'target_answer' to train on; columns: {sorted(row)}")
     return AssistantTarget(
-        think=row.get("target_think") or None,
+        think=(row.get("target_think") or None) if think else None,
         text=row["target_answer"],
         audio_codes=list(row.get("target_audio_codes") or []),
     )
@@ -73,7 +75,7 @@ def load_examples(data: DataConfig, split: str | None = None) -> list[Example]:
     examples = []
     for index, row in enumerate(track(dataset, description="decoding audio", transient=True)):
         sample = row_to_sample(row, index, source, think=data.think, max_audio_s=data.max_audio_s)
-        examples.append(Example(sample, row_target(row, f"{source} row {index}")))
+        examples.append(Example(sample, row_target(row, f"{source} row {index}", data.think)))
     return examples
 
 

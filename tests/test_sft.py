@@ -147,3 +147,18 @@ def test_lora_sft_by_epochs_saves_merged_weights(tmp_path, tiny_model, tiny_data
     assert before.keys() == after.keys(), "adapter weights should be merged away"
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all("_proj" in k for k in changed), sorted(changed)
+
+
+def test_without_think_the_target_is_the_answer_alone(tiny_model, tiny_data, examples):
+    """`data.think: false` (no `<think>` prefill) trains the answer directly: a think block in the
+    target would teach a format the prompt never asks for."""
+    direct = load_examples(DataConfig(path=str(tiny_data), split="train", think=False))
+    processor = StepAudio2Processor.from_pretrained(tiny_model)
+    think_end = processor.tokenizer.convert_tokens_to_ids("</think>")
+    assert all(e.target.think for e in examples)  # the rows do carry reasoning
+    for with_think, alone in zip(examples, direct, strict=True):
+        assert alone.target.think is None
+        assert alone.target.text == with_think.target.text
+        assert alone.target.audio_codes == with_think.target.audio_codes
+        target = render_completion(alone.target, processor.tokenizer, False, alone.sample.spoken)
+        assert think_end not in target

@@ -338,8 +338,8 @@ TRANSCRIPT_CUES = (
 )
 # Think lengths (in words) are drawn from this mixture so that the SFT policy has a varied,
 # partly long reasoning habit for RL's think-length rewards to reshape: (probability, low, high).
-THINK_LENGTHS = ((0.5, 5, 20), (0.3, 20, 45), (0.2, 45, 80))
-MAX_THINK_WORDS = 80
+THINK_LENGTHS = ((0.6, 5, 12), (0.3, 12, 25), (0.1, 25, 40))
+MAX_THINK_WORDS = 40
 
 
 def _think_length(rng: np.random.Generator) -> int:

@@ -1,0 +1,121 @@
+"""`rlhf bench rl`: whether the demo's RL gains hold, over rollout seeds and unseen speakers.
+
+One run of the demo's first half (data, tiny model, SFT), then from that one SFT policy:
+
+- the demo's GRPO recipe once per ``--seeds`` entry (``run.seed``: the prompts' order and every
+  sampled token), each checkpoint evaluated on the held-out split, whose speakers never speak in
+  training, with every listening ablation (silence, noise, shuffle);
+- the transcription recipe (``tiny_grpo_asr.yaml``, WER reward): WER before and after;
+- the spoken-answer recipe (``tiny_grpo_spoken.yaml``): TA4 format and audio-code length before
+  and after.
+
+Prints the mean and range over seeds and writes everything to ``OUT/bench_rl.json``. The README's
+"Measured" figures come from this command; the demo is one seed of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from rich.table import Table
+
+from rlhf.demo import console, evaluate, prepare, recipe, rlhf
+
+DIMENSIONS = ("gender", "pitch", "speed")
+ABLATIONS = ("silence", "noise", "shuffle")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_rl"), help="run folder")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="GRPO seeds")
+    parser.add_argument("--num-clips", type=int, default=1200, help="training clips")
+    parser.add_argument("--test-clips", type=int, default=300, help="held-out clips")
+    parser.add_argument(
+        "--skip", nargs="*", choices=("asr", "spoken"), default=[], help="recipes to leave out"
+    )
+
+
+def accuracies(report: dict) -> dict[str, float]:
+    """Per-dimension and mean accuracy of one eval JSON, and the mean under each ablation."""
+    figures = {dim: report["paralinguistic"][dim] for dim in DIMENSIONS}
+    figures["mean"] = report["accuracy_mean"]
+    for name, ablated in (report.get("ablations") or {}).items():
+        figures[name] = ablated["accuracy_mean"]
+    return figures
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
+
+
+def run(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    dataset, sft = prepare(out, num_clips=args.num_clips, test_clips=args.test_clips)
+    sft_report = evaluate(out, "sft", sft, dataset, ablate=ABLATIONS)
+    results: dict = {"sft": accuracies(sft_report), "seeds": {}}
+
+    for seed in args.seeds:
+        run_dir = out / f"grpo_seed{seed}"
+        rlhf(
+            "train",
+            recipe("tiny_grpo.yaml"),
+            f"model.path={sft}",
+            f"data.path={dataset}",
+            f"run.output_dir={run_dir}",
+            f"run.seed={seed}",
+        )
+        report = evaluate(out, f"grpo_seed{seed}", run_dir / "final", dataset, ablate=ABLATIONS)
+        results["seeds"][seed] = accuracies(report)
+
+    gains = [r["mean"] - results["sft"]["mean"] for r in results["seeds"].values()]
+    results["grpo"] = {
+        key: spread([r[key] for r in results["seeds"].values()]) for key in results["sft"]
+    }
+    results["gain"] = spread(gains)
+
+    for name, tasks, recipe_name in (
+        ("asr", "transcribe", "tiny_grpo_asr.yaml"),
+        ("spoken", "spoken", "tiny_grpo_spoken.yaml"),
+    ):
+        if name in args.skip:
+            continue
+        run_dir = out / f"grpo_{name}"
+        rlhf(
+            "train",
+            recipe(recipe_name),
+            f"model.path={sft}",
+            f"data.path={dataset}",
+            f"run.output_dir={run_dir}",
+        )
+        after = evaluate(out, f"grpo_{name}", run_dir / "final", dataset, tasks=(tasks,))
+        key = "asr" if name == "asr" else "spoken"
+        results[name] = {"sft": sft_report[key], "grpo": after[key]}
+
+    (out / "bench_rl.json").write_text(json.dumps(results, indent=2))
+    console.print(table(results))
+    console.print(f"figures in {out / 'bench_rl.json'}")
+    return 0
+
+
+def table(results: dict) -> Table:
+    """SFT against GRPO (mean [min, max] over seeds) on the held-out split."""
+    seeds = len(results["seeds"])
+    view = Table(title=f"held-out, unseen speakers: SFT → GRPO over {seeds} seeds")
+    for column in ("accuracy", "SFT", "GRPO mean [min, max]"):
+        view.add_column(column, justify="left" if column == "accuracy" else "right")
+    for key in results["sft"]:
+        grpo = results["grpo"][key]
+        label = key if key in (*DIMENSIONS, "mean") else f"mean, audio → {key}"
+        view.add_row(
+            label,
+            f"{results['sft'][key]:.3f}",
+            f"{grpo['mean']:.3f} [{grpo['min']:.3f}, {grpo['max']:.3f}]",
+        )
+    gain = results["gain"]
+    view.add_row(
+        "gain in mean", "", f"{gain['mean']:+.3f} [{gain['min']:+.3f}, {gain['max']:+.3f}]"
+    )
+    return view
