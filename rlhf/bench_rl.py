@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="GRPO seeds")
     parser.add_argument("--num-clips", type=int, default=1200, help="training clips")
     parser.add_argument("--test-clips", type=int, default=300, help="held-out clips")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (as the demo)")
     parser.add_argument(
         "--skip", nargs="*", choices=("asr", "spoken"), default=[], help="recipes to leave out"
     )
@@ -51,7 +52,19 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
 
 
+def over_seeds(sft: dict[str, float], seeds: list[dict[str, float]]) -> dict:
+    """Each figure's mean and range over the seeds' GRPO checkpoints, and the gain in mean
+    accuracy over the SFT start (mean, worst and best seed)."""
+    return {
+        "grpo": {key: spread([seed[key] for seed in seeds]) for key in sft},
+        "gain": spread([seed["mean"] - sft["mean"] for seed in seeds]),
+    }
+
+
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)  # one thread: the same figures on a loaded machine
     out: Path = args.out
     dataset, sft = prepare(out, num_clips=args.num_clips, test_clips=args.test_clips)
     sft_report = evaluate(out, "sft", sft, dataset, ablate=ABLATIONS)
@@ -70,11 +83,7 @@ def run(args: argparse.Namespace) -> int:
         report = evaluate(out, f"grpo_seed{seed}", run_dir / "final", dataset, ablate=ABLATIONS)
         results["seeds"][seed] = accuracies(report)
 
-    gains = [r["mean"] - results["sft"]["mean"] for r in results["seeds"].values()]
-    results["grpo"] = {
-        key: spread([r[key] for r in results["seeds"].values()]) for key in results["sft"]
-    }
-    results["gain"] = spread(gains)
+    results.update(over_seeds(results["sft"], list(results["seeds"].values())))
 
     for name, tasks, recipe_name in (
         ("asr", "transcribe", "tiny_grpo_asr.yaml"),

@@ -338,6 +338,8 @@ TRANSCRIPT_CUES = (
 )
 # Think lengths (in words) are drawn from this mixture so that the SFT policy has a varied,
 # partly long reasoning habit for RL's think-length rewards to reshape: (probability, low, high).
+# At most 40: with up to 80 the tiny SFT policy, at the learning rate where it learns to hear
+# (3e-4), did not learn where a long reasoning ends, and greedy decoding ran on for 176 words.
 THINK_LENGTHS = ((0.6, 5, 12), (0.3, 12, 25), (0.1, 25, 40))
 MAX_THINK_WORDS = 40
 
@@ -358,7 +360,7 @@ def think(
     seconds: float = 0.0,
 ) -> str:
     """Reasoning for one target: cues for the true ``level`` (or the ``transcript``), then a
-    conclusion; about 5–80 words, drawn from ``THINK_LENGTHS``."""
+    conclusion; about 5–40 words, drawn from ``THINK_LENGTHS``."""
     target = _think_length(rng)
     words = transcript.rstrip(".").split()
     if task == "transcribe":

@@ -22,7 +22,7 @@ fewer rows per clip keep the dataset smaller): ``transcribe``, ``gender``, ``pit
 one dimension to be answered aloud, whose target carries the codes (``codec.KMeansCodec``, fitted
 on the training clips) of espeak speech of the reply in a fixed assistant voice. Tasks are
 balanced over each split and levels within each task; the exact espeak pitch and rate inside a
-level are drawn at random. Targets have ``<think>`` reasoning of 5–80 words (``grammar.think``).
+level are drawn at random. Targets have ``<think>`` reasoning of 5–40 words (``grammar.think``).
 A row is what ``rlhf.data.loading.row_to_sample`` reads plus the labels and SFT targets:
 ``id``, ``audio`` (16 kHz FLAC bytes), ``messages`` (one user turn: an audio part, then the
 question), ``task``, the clip's ``transcript`` / ``speaker`` / ``gender`` / ``pitch`` /
