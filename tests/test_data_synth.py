@@ -68,7 +68,7 @@ def test_think_lengths_vary_and_mention_the_true_level():
     ]
     lengths = [len(t.split()) for t in thoughts]
     assert min(lengths) >= 5 and max(lengths) <= grammar.MAX_THINK_WORDS
-    assert np.mean([n < 20 for n in lengths]) > 0.3 and np.mean([n >= 45 for n in lengths]) > 0.1
+    assert np.mean([n <= 12 for n in lengths]) > 0.15 and np.mean([n >= 25 for n in lengths]) > 0.15
     assert all("fast" in t for t in thoughts)
     assert not any("slow" in t for t in thoughts)
 
