@@ -7,7 +7,10 @@ One run of the demo's first half (data, tiny model, SFT), then from that one SFT
   training, with every listening ablation (silence, noise, shuffle);
 - the transcription recipe (``tiny_grpo_asr.yaml``, WER reward): WER before and after;
 - the spoken-answer recipe (``tiny_grpo_spoken.yaml``): TA4 format and audio-code length before
-  and after.
+  and after;
+- PPO stage 1 (``step_audio2_ppo_think.yaml``'s tiny example, the think-length reward alone):
+  how often the think budget is kept in the first and last steps, and held-out accuracy and think
+  length before and after.
 
 Prints the mean and range over seeds and writes everything to ``OUT/bench_rl.json``. The README's
 "Measured" figures come from this command; the demo is one seed of it.
@@ -23,9 +26,21 @@ from pathlib import Path
 from rich.table import Table
 
 from rlhf.demo import console, evaluate, prepare, recipe, rlhf
+from rlhf.metrics import read_metrics
 
 DIMENSIONS = ("gender", "pitch", "speed")
 ABLATIONS = ("silence", "noise", "shuffle")
+# The tiny example in step_audio2_ppo_think.yaml: a 15-word budget for a policy whose SFT targets
+# think 5-40 words, so that the reward has something to change.
+PPO_THINK_TINY = (
+    "model.dtype=float32",
+    "model.gradient_checkpointing=false",
+    "rollout.sampling.max_new_tokens=96",
+    "optim.lr=1e-4",
+    "algorithm.ppo.critic_lr=1e-3",
+    "run.steps=40",
+    "rewards=[{name: think_length, max_words: 15}]",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-clips", type=int, default=300, help="held-out clips")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (as the demo)")
     parser.add_argument(
-        "--skip", nargs="*", choices=("asr", "spoken"), default=[], help="recipes to leave out"
+        "--skip",
+        nargs="*",
+        choices=("asr", "spoken", "ppo"),
+        default=[],
+        help="recipes to leave out",
     )
 
 
@@ -100,13 +119,40 @@ def run(args: argparse.Namespace) -> int:
             f"run.output_dir={run_dir}",
         )
         after = evaluate(out, f"grpo_{name}", run_dir / "final", dataset, tasks=(tasks,))
-        key = "asr" if name == "asr" else "spoken"
-        results[name] = {"sft": sft_report[key], "grpo": after[key]}
+        results[name] = {"sft": sft_report[name], "grpo": after[name]}
+
+    if "ppo" not in args.skip:
+        results["ppo_think"] = ppo_think(out, sft, dataset)
 
     (out / "bench_rl.json").write_text(json.dumps(results, indent=2))
     console.print(table(results))
     console.print(f"figures in {out / 'bench_rl.json'}")
     return 0
+
+
+def ppo_think(out: Path, sft: Path, dataset: str) -> dict:
+    """PPO stage 1 on the SFT policy: the think-length reward's mean (the share of rollouts within
+    budget) over the first and the last 10 steps, and the held-out questions before and after."""
+    run_dir = out / "ppo_think"
+    rlhf(
+        "train",
+        recipe("step_audio2_ppo_think.yaml"),
+        f"model.path={sft}",
+        f"data.path={dataset}",
+        f"run.output_dir={run_dir}",
+        *PPO_THINK_TINY,
+    )
+    within = [step["reward/think_length/mean"] for step in read_metrics(run_dir)]
+    figures: dict = {
+        "within_budget": {
+            "first": statistics.fmean(within[:10]),
+            "last": statistics.fmean(within[-10:]),
+        }
+    }
+    for name, model in (("sft", sft), ("ppo", run_dir / "final")):
+        report = evaluate(out, f"{name}_questions", model, dataset, ablate=(), tasks=DIMENSIONS)
+        figures[name] = {**accuracies(report), "think_words": report["think_words_mean"]}
+    return figures
 
 
 def table(results: dict) -> Table:
