@@ -26,10 +26,9 @@ from pathlib import Path
 from rich.table import Table
 
 from rlhf.demo import console, evaluate, prepare, recipe, rlhf
+from rlhf.evaluate import ABLATIONS, DIMENSIONS, SPOKEN, TRANSCRIBE
 from rlhf.metrics import read_metrics
 
-DIMENSIONS = ("gender", "pitch", "speed")
-ABLATIONS = ("silence", "noise", "shuffle")
 # The tiny example in step_audio2_ppo_think.yaml: a 15-word budget for a policy whose SFT targets
 # think 5-40 words, so that the reward has something to change.
 PPO_THINK_TINY = (
@@ -105,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
     results.update(over_seeds(results["sft"], list(results["seeds"].values())))
 
     for name, tasks, recipe_name in (
-        ("asr", "transcribe", "tiny_grpo_asr.yaml"),
-        ("spoken", "spoken", "tiny_grpo_spoken.yaml"),
+        ("asr", TRANSCRIBE, "tiny_grpo_asr.yaml"),
+        ("spoken", SPOKEN, "tiny_grpo_spoken.yaml"),
     ):
         if name in args.skip:
             continue
@@ -150,7 +149,9 @@ def ppo_think(out: Path, sft: Path, dataset: str) -> dict:
         }
     }
     for name, model in (("sft", sft), ("ppo", run_dir / "final")):
-        report = evaluate(out, f"{name}_questions", model, dataset, ablate=(), tasks=DIMENSIONS)
+        report = evaluate(
+            out, f"{name}_questions", model, dataset, ablate=(), tasks=tuple(DIMENSIONS)
+        )
         figures[name] = {**accuracies(report), "think_words": report["think_words_mean"]}
     return figures
 
