@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
 import rollouts
 from rollouts.modeling import StepAudio2Config, StepAudio2ForCausalLM, tiny_config
+from rollouts.modeling.modeling_step_audio_2 import StepAudio2EncoderAttention
 
 RELEASED_CONFIG = Path(rollouts.__file__).parent / "modeling" / "step_audio_2_mini_config.json"
 PAD, EOS, TEXT, AUDIO_START, AUDIO_END, PATCH, VOCAB = 0, 1, 7, 500, 501, 502, 512
@@ -176,6 +177,29 @@ def test_a_clip_encodes_the_same_alone_or_padded_in_a_batch(model):
     assert tokens.tolist() == [mel_tokens(97), mel_tokens(230)] and alone_tokens[0] == tokens[0]
     n = int(tokens[0])
     torch.testing.assert_close(together[0, :n], alone[0, :n], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@torch.no_grad()
+def test_encoder_attention_is_the_released_whisper_attention(dtype):
+    """q and k each scaled by head_dim^-0.25, padded keys masked, softmax in fp32."""
+    torch.manual_seed(0)
+    attention = StepAudio2EncoderAttention(width=64, num_heads=4).to(dtype)
+    x = torch.randn(2, 9, 64, dtype=dtype)
+    key_valid = torch.arange(9)[None, :] < torch.tensor([[9], [5]])
+
+    def heads(t):
+        return t.view(2, 9, 4, 16).transpose(1, 2)
+
+    scale = 16**-0.25
+    q, k = heads(attention.query(x)) * scale, heads(attention.key(x)) * scale
+    scores = (q @ k.transpose(-1, -2)).float().masked_fill(~key_valid[:, None, None, :], -1e30)
+    weights = scores.softmax(-1).to(dtype)
+    expected = attention.out(
+        (weights @ heads(attention.value(x))).transpose(1, 2).reshape(2, 9, 64)
+    )
+    tolerance = {"rtol": 2e-2, "atol": 2e-2} if dtype == torch.bfloat16 else {}
+    torch.testing.assert_close(attention(x, key_valid), expected, **tolerance)
 
 
 @torch.no_grad()
