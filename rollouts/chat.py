@@ -302,14 +302,16 @@ def completion_loss_mask(
     """1 for each completion token that is trained, else 0.
 
     ``train_on`` picks text tokens (everything that is not an audio code, structural tokens such as
-    ``</think>`` and ``<|EOT|>`` included), audio codes, or both. Never trained: ``<tts_pad>``, the
-    audio pad, padding, and any turn the model did not write: a completion that continues after a
-    tool call holds ``<|BOT|>function_output\\n...<|EOT|><|BOT|>assistant\\n``, all of it masked.
+    ``</think>``, ``<|EOT|>`` and the TA4 text pad ``<tts_pad>`` included), audio codes (the audio
+    pad code included), or both. The TA4 pads are the model's own output: a policy never trained
+    on them cannot close a chunk once one stream runs out, and never speaks well-formed TA4. Never
+    trained: sequence padding, and any turn the model did not write: a completion that continues
+    after a tool call holds ``<|BOT|>function_output\\n...<|EOT|><|BOT|>assistant\\n``, all of it
+    masked.
     """
     if train_on not in TRAIN_ON:
         raise ValueError(f"train_on must be one of {TRAIN_ON}, got {train_on!r}")
     text_on, audio_on = train_on in ("text", "both"), train_on in ("audio", "both")
-    never = {ids.tts_pad, ids.audio_pad, ids.pad}
     header = list(ids.assistant_header)
     mask: list[int] = []
     own_turn = True  # a completion starts inside the assistant's turn
@@ -324,7 +326,7 @@ def completion_loss_mask(
                 own_turn = True
                 continue
             own_turn = False
-        if not own_turn or (t in never and t != ids.eot):
+        if not own_turn or (t == ids.pad and t != ids.eot):
             mask.append(0)
         elif ids.is_audio(t):
             mask.append(int(audio_on))

@@ -96,9 +96,10 @@ def test_sft_batch_right_pads_with_labels(processor):
         assert labels[b, n - 1] == special.eot == ids[b, n - 1]
         trained = labels[b] != IGNORE_INDEX
         assert (labels[b][trained] == ids[b][trained]).all()
-        assert not (ids[b][trained] == special.tts_pad).any()
-        assert not (ids[b][trained] == special.audio_pad).any()
+        assert not (ids[b][trained] == special.pad).any()
         assert not (ids[b][trained] == special.audio_patch).any()  # prompt never trained
+    spoken = ids[1][labels[1] != IGNORE_INDEX]  # 10 codes: 3 chunks, both streams padded
+    assert (spoken == special.tts_pad).any() and (spoken == special.audio_pad).sum() == 2
     with pytest.raises(ValueError, match="2 samples but 1 targets"):
         processor.sft_batch(samples, targets[:1])
 

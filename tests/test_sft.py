@@ -64,15 +64,13 @@ def test_labels_are_exactly_the_assistant_target(tiny_model, examples, train_on)
         assert (labels[row, length:] == IGNORE_INDEX).all(), "padding carries loss"
         assert (batch["attention_mask"][row, length:] == 0).all()
         for position, token in enumerate(target, start=len(prompt)):
-            trained = token not in (ids.tts_pad, ids.audio_pad) and (
-                train_on == "both" or not ids.is_audio(token)
-            )
+            trained = train_on == "both" or not ids.is_audio(token)  # TA4 pads included
             assert labels[row, position] == (token if trained else IGNORE_INDEX), (
                 f"row {row} position {position} token {token}"
             )
             saw_ta4_pads |= token in (ids.tts_pad, ids.audio_pad)
         if sample.spoken:
-            codes = [t for t in target if ids.is_audio(t) and t != ids.audio_pad]
+            codes = [t for t in target if ids.is_audio(t)]
             trained_codes = [t for t in labels[row].tolist() if ids.is_audio(t)]
             assert trained_codes == (codes if train_on == "both" else [])
         assert labels[row, length - 1] == ids.eot  # the model learns to end its turn
