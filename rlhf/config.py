@@ -120,6 +120,11 @@ class DataConfig:
         None, "keep only rows whose `task` column is one of these (null: all rows)"
     )
     max_samples: int | None = option(None, "use the first N rows only (null: all)", ge=1)
+    task_repeats: dict[str, int] | None = option(
+        None,
+        "mixture weights: each row of a task named here comes this many times per epoch, the "
+        "other rows once (e.g. {spoken: 4}); applied after tasks and max_samples",
+    )
     think: bool = option(True, "prefill `<think>` so the policy reasons before answering")
     shuffle: bool = option(True, "visit prompts in a seeded random order")
     max_audio_s: float | None = option(

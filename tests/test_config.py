@@ -367,6 +367,17 @@ def test_load_split_filters_tasks_then_takes_max_samples(tmp_path):
         load_split(_data(path, tasks=["speed"]))
 
 
+def test_task_repeats_weight_the_mixture_and_name_a_bad_task(tmp_path):
+    rows = [{"id": i, "task": ("spoken", "pitch", "gender")[i % 3]} for i in range(6)]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dataset = load_split(_data(path, max_samples=5, task_repeats={"spoken": 3, "pitch": 2}))
+    assert dataset["id"] == [0, 0, 0, 1, 1, 2, 3, 3, 3, 4, 4]
+    for bad in ({"speed": 2}, {"spoken": 0}):
+        with pytest.raises(DatasetError, match=f"data.task_repeats.{next(iter(bad))}="):
+            load_split(_data(path, task_repeats=bad))
+
+
 def test_a_missing_split_is_one_line_and_exit_2(
     tiny_dataset_dir, model_config_dir, tmp_path, capsys
 ):

@@ -109,7 +109,8 @@ def _load_dataset(where: str, split: str) -> datasets.Dataset:
 def load_split(data: Any, split: str | None = None) -> datasets.Dataset:
     """The rows a recipe's ``data`` section selects: ``split`` (default ``data.split``) of
     ``data.path``, only rows whose ``task`` is in ``data.tasks`` when set, then the first
-    ``data.max_samples``. Raises ``DatasetError`` when no row is left."""
+    ``data.max_samples``, each row repeated as ``data.task_repeats`` says for its task. Raises
+    ``DatasetError`` when no row is left, or for a repeat that names no task of the split."""
     split = split or data.split
     dataset = load_prompt_dataset(data.path, split)
     if data.tasks:
@@ -124,6 +125,17 @@ def load_split(data: Any, split: str | None = None) -> datasets.Dataset:
         dataset = dataset.select(range(min(data.max_samples, len(dataset))))
     if len(dataset) == 0:
         raise DatasetError(f"{data.path}:{split}: no rows (data.tasks={data.tasks})")
+    repeats = getattr(data, "task_repeats", None)
+    if repeats:
+        tasks = dataset["task"] if "task" in dataset.column_names else []
+        for task, times in repeats.items():
+            if task not in tasks or not isinstance(times, int) or times < 1:
+                raise DatasetError(
+                    f"{data.path}:{split}: data.task_repeats.{task}={times!r}: needs a whole "
+                    f"number >= 1 and a task of the rows; tasks: {sorted(set(tasks))}"
+                )
+        order = [i for i, task in enumerate(tasks) for _ in range(repeats.get(task, 1))]
+        dataset = dataset.select(order)
     return dataset
 
 
