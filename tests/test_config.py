@@ -350,7 +350,13 @@ def test_validate_auto_scans_small_splits_and_never_skips(tmp_path, monkeypatch)
 
 # ------------------------------------------------------------------ one load_split
 def _data(path, **extra):
-    fields = {"path": str(path), "split": "train", "tasks": None, "max_samples": None}
+    fields = {
+        "path": str(path),
+        "split": "train",
+        "tasks": None,
+        "max_samples": None,
+        "task_repeats": None,
+    }
     return type("Data", (), {**fields, **extra})()
 
 

@@ -125,17 +125,17 @@ def load_split(data: Any, split: str | None = None) -> datasets.Dataset:
         dataset = dataset.select(range(min(data.max_samples, len(dataset))))
     if len(dataset) == 0:
         raise DatasetError(f"{data.path}:{split}: no rows (data.tasks={data.tasks})")
-    repeats = getattr(data, "task_repeats", None)
-    if repeats:
+    if data.task_repeats:
         tasks = dataset["task"] if "task" in dataset.column_names else []
-        for task, times in repeats.items():
-            if task not in tasks or not isinstance(times, int) or times < 1:
+        present = set(tasks)
+        for task, times in data.task_repeats.items():
+            if task not in present or not isinstance(times, int) or times < 1:
                 raise DatasetError(
                     f"{data.path}:{split}: data.task_repeats.{task}={times!r}: needs a whole "
-                    f"number >= 1 and a task of the rows; tasks: {sorted(set(tasks))}"
+                    f"number >= 1 and a task of the rows; tasks: {sorted(present)}"
                 )
-        order = [i for i, task in enumerate(tasks) for _ in range(repeats.get(task, 1))]
-        dataset = dataset.select(order)
+        repeats = [data.task_repeats.get(task, 1) for task in tasks]
+        dataset = dataset.select([i for i, times in enumerate(repeats) for _ in range(times)])
     return dataset
 
 
