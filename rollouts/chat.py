@@ -250,7 +250,7 @@ def render_sft(
     ids = SpecialIds.from_tokenizer(tokenizer)
     prompt = render_prompt(messages, tokenizer, audio_token_counts, think, spoken, tools)
     completion = render_completion(target, tokenizer, think, spoken)
-    mask = completion_loss_mask(completion, ids, train_on)
+    mask = completion_loss_mask(completion, ids, train_on, speaking=spoken and not think)
     labels = [IGNORE_INDEX] * len(prompt) + [
         t if m else IGNORE_INDEX for t, m in zip(completion, mask, strict=True)
     ]
@@ -297,17 +297,24 @@ def parse_ta4(token_ids: Sequence[int], ids: SpecialIds) -> tuple[list[int], lis
 
 
 def completion_loss_mask(
-    completion_ids: Sequence[int], ids: SpecialIds, train_on: TrainOn = "both"
+    completion_ids: Sequence[int],
+    ids: SpecialIds,
+    train_on: TrainOn = "both",
+    speaking: bool = False,
 ) -> list[int]:
     """1 for each completion token that is trained, else 0.
 
-    ``train_on`` picks text tokens (everything that is not an audio code, structural tokens such as
-    ``</think>``, ``<|EOT|>`` and the TA4 text pad ``<tts_pad>`` included), audio codes (the audio
-    pad code included), or both. The TA4 pads are the model's own output: a policy never trained
-    on them cannot close a chunk once one stream runs out, and never speaks well-formed TA4. Never
-    trained: sequence padding, and any turn the model did not write: a completion that continues
-    after a tool call holds ``<|BOT|>function_output\\n...<|EOT|><|BOT|>assistant\\n``, all of it
-    masked.
+    ``train_on`` picks the text stream (everything outside speech, structural tokens such as
+    ``</think>``, ``<|EOT|>`` and ``<tts_start>`` included, and inside speech the TA4 text tokens
+    and the text pad ``<tts_pad>``), the audio stream (the codes inside speech, the audio pad code
+    included), or both. Speech runs from ``<tts_start>`` to ``<tts_end>``; ``speaking``: the prompt
+    ended with ``<tts_start>``, so the completion starts inside it. An audio code outside speech
+    belongs to the text stream: it is the policy writing a code where text goes, an error that RL
+    on text must see (left out, a text-only policy that drifted into codes was never corrected
+    and its RL collapsed into endless codes, measured). The TA4 pads are the model's own output: a
+    policy never trained on them cannot close a chunk once one stream runs out. Never trained:
+    sequence padding, and any turn the model did not write: a completion that continues after a
+    tool call holds ``<|BOT|>function_output\\n...<|EOT|><|BOT|>assistant\\n``, all of it masked.
     """
     if train_on not in TRAIN_ON:
         raise ValueError(f"train_on must be one of {TRAIN_ON}, got {train_on!r}")
@@ -323,15 +330,19 @@ def completion_loss_mask(
                 span = min(len(header), len(completion_ids) - i)
                 mask += [0] * span
                 i += span
-                own_turn = True
+                own_turn, speaking = True, False
                 continue
             own_turn = False
         if not own_turn or (t == ids.pad and t != ids.eot):
             mask.append(0)
-        elif ids.is_audio(t):
+        elif ids.is_audio(t) and speaking:
             mask.append(int(audio_on))
         else:
             mask.append(int(text_on))
+        if t == ids.tts_start:
+            speaking = True
+        elif t in (ids.tts_end, ids.eot):
+            speaking = False
         i += 1
     return mask
 

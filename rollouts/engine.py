@@ -205,7 +205,7 @@ def build_rollout(
         prompt_ids=prompt_ids,
         completion_ids=completion_ids,
         logprobs=logprobs,
-        loss_mask=adapter.loss_mask(completion_ids, train_on),
+        loss_mask=adapter.loss_mask(completion_ids, train_on, sample),
         text=parsed.text,
         think=parsed.think,
         answer=parsed.answer,

@@ -391,6 +391,24 @@ def test_sft_labels_mask_the_prompt_and_train_the_ta4_pads(tok, ids):
         completion_loss_mask([1, 2], ids, "speech")
 
 
+def test_loss_mask_trains_audio_codes_written_where_text_goes(tok, ids):
+    """A code outside speech is a text-stream error: RL on text must penalise it, or a text
+    policy that drifts into codes is never corrected."""
+    code = ids.audio_code0 + 7
+    stray = enc(tok, "The") + [code, code] + enc(tok, " voice.", "<|EOT|>")
+    assert completion_loss_mask(stray, ids, "text") == [1] * len(stray)
+    assert completion_loss_mask(stray, ids, "audio") == [0] * len(stray)
+    # inside speech the same code is the audio stream's, whether <tts_start> was written...
+    spoken = enc(tok, "Hi", "<tts_start>") + [code, code, ids.tts_end] + enc(tok, "<|EOT|>")
+    text_mask = completion_loss_mask(spoken, ids, "text")
+    assert [m for t, m in zip(spoken, text_mask) if t == code] == [0, 0]
+    assert completion_loss_mask(spoken, ids, "audio") == [int(t == code) for t in spoken]
+    # ...or prefilled by the prompt
+    prefilled = [code, code, ids.tts_end, ids.eot]
+    assert completion_loss_mask(prefilled, ids, "text", speaking=True) == [0, 0, 1, 1]
+    assert completion_loss_mask(prefilled, ids, "text") == [1, 1, 1, 1]
+
+
 def test_loss_mask_never_trains_tool_output(tok, ids):
     call = enc(tok, '<tool_call>function\nsearch\n{"query": "paris"}</tool_call>', "<|EOT|>")
     tool_turn = enc(tok, "<|BOT|>function_output\nsunny and 21 degrees<|EOT|>")

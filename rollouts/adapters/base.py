@@ -149,7 +149,13 @@ class ModelAdapter:
     def parse(self, completion_ids: Sequence[int], sample: PromptSample) -> ParsedCompletion:
         raise NotImplementedError
 
-    def loss_mask(self, completion_ids: Sequence[int], train_on: TrainOn = "text") -> list[int]:
+    def loss_mask(
+        self,
+        completion_ids: Sequence[int],
+        train_on: TrainOn = "text",
+        sample: PromptSample | None = None,
+    ) -> list[int]:
+        """1 for each trained completion token; ``sample`` says how the prompt was prefilled."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ shared helpers

@@ -209,7 +209,12 @@ class CausalLMAdapter(ModelAdapter):
         )
         return parse_completion_text(text, think_prefilled=sample.think, spoken_prefilled=False)
 
-    def loss_mask(self, completion_ids: Sequence[int], train_on: TrainOn = "text") -> list[int]:
+    def loss_mask(
+        self,
+        completion_ids: Sequence[int],
+        train_on: TrainOn = "text",
+        sample: PromptSample | None = None,
+    ) -> list[int]:
         """1 for the model's own tokens up to and including the first stop token, else 0; a
         text-only model has no audio codes, so ``train_on="audio"`` trains nothing."""
         if train_on not in TRAIN_ON:

@@ -94,5 +94,11 @@ class StepAudio2Adapter(ModelAdapter):
             spoken_prefilled=sample.spoken and not sample.think,
         )
 
-    def loss_mask(self, completion_ids: Sequence[int], train_on: TrainOn = "text") -> list[int]:
-        return completion_loss_mask(completion_ids, self.special, train_on)
+    def loss_mask(
+        self,
+        completion_ids: Sequence[int],
+        train_on: TrainOn = "text",
+        sample: PromptSample | None = None,
+    ) -> list[int]:
+        speaking = sample is not None and sample.spoken and not sample.think
+        return completion_loss_mask(completion_ids, self.special, train_on, speaking)
