@@ -395,11 +395,11 @@ def test_loss_mask_trains_audio_codes_written_where_text_goes(tok, ids):
     """A code outside speech is a text-stream error: RL on text must penalise it, or a text
     policy that drifts into codes is never corrected."""
     code = ids.audio_code0 + 7
-    stray = enc(tok, "The") + [code, code] + enc(tok, " voice.", "<|EOT|>")
+    stray = [*enc(tok, "The"), code, code, *enc(tok, " voice.", "<|EOT|>")]
     assert completion_loss_mask(stray, ids, "text") == [1] * len(stray)
     assert completion_loss_mask(stray, ids, "audio") == [0] * len(stray)
     # inside speech the same code is the audio stream's, whether <tts_start> was written...
-    spoken = enc(tok, "Hi", "<tts_start>") + [code, code, ids.tts_end] + enc(tok, "<|EOT|>")
+    spoken = [*enc(tok, "Hi", "<tts_start>"), code, code, ids.tts_end, *enc(tok, "<|EOT|>")]
     text_mask = completion_loss_mask(spoken, ids, "text")
     assert [m for t, m in zip(spoken, text_mask) if t == code] == [0, 0]
     assert completion_loss_mask(spoken, ids, "audio") == [int(t == code) for t in spoken]
