@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -134,6 +137,23 @@ def prepare(
     return dataset, sft / "final"
 
 
+def eval_argv(
+    report: Path,
+    model: Path,
+    dataset: str,
+    ablate: tuple[str, ...] = ("silence",),
+    tasks: tuple[str, ...] = (),
+) -> list[str]:
+    """``rlhf eval`` of ``model`` on the held-out split into the JSON ``report``."""
+    argv = ["eval", "--model", str(model), "--data", dataset, "--batch-size", "64"]
+    argv += ["--json", str(report)]
+    if ablate:
+        argv += ["--ablate", *ablate]
+    if tasks:
+        argv += ["--tasks", *tasks]
+    return argv
+
+
 def evaluate(
     out: Path,
     name: str,
@@ -143,16 +163,36 @@ def evaluate(
     ablate: tuple[str, ...] = ("silence",),
     tasks: tuple[str, ...] = (),
 ) -> dict:
-    """``rlhf eval`` of ``model`` on the held-out split into ``out/eval_{name}.json``; returns it."""
+    """``rlhf eval`` of ``model`` into ``out/eval_{name}.json``; returns the report."""
     report = out / f"eval_{name}.json"
-    argv = ["eval", "--model", str(model), "--data", dataset, "--batch-size", "64"]
-    argv += ["--json", str(report)]
-    if ablate:
-        argv += ["--ablate", *ablate]
-    if tasks:
-        argv += ["--tasks", *tasks]
-    rlhf(*argv)
+    rlhf(*eval_argv(report, model, dataset, ablate, tasks))
     return json.loads(report.read_text())
+
+
+class BackgroundEval:
+    """``rlhf eval`` in a process of its own, one torch thread, while this process trains: the
+    second core of a small machine does the SFT evaluation during GRPO. Two single-threaded
+    processes never wait on each other, so a third process on the machine slows them and stalls
+    nothing. Its output goes to ``out/eval_{name}.log`` and is printed by ``report()``."""
+
+    def __init__(self, out: Path, name: str, model: Path, dataset: str, threads: int):
+        self.report_path, self.log = out / f"eval_{name}.json", out / f"eval_{name}.log"
+        argv = eval_argv(self.report_path, model, dataset)
+        console.print(f"\n[bold cyan]$ rlhf {shlex.join(argv)} > {self.log} &[/]")
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "COLUMNS": "100"}
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "rlhf.cli", *argv],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+    def report(self) -> dict:
+        if self.process.wait():
+            raise SystemExit(f"rlhf eval failed (exit code {self.process.returncode}): {self.log}")
+        console.print(self.log.read_text())
+        return json.loads(self.report_path.read_text())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -171,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         test_clips=args.test_clips,
         sft_steps=args.sft_steps,
     )
-    before = evaluate(out, "sft", sft, dataset)
+    before = BackgroundEval(out, "sft", sft, dataset, args.threads)
     grpo = out / "grpo"
     overrides = [f"model.path={sft}", f"data.path={dataset}", f"run.output_dir={grpo}"]
     if args.rl_steps:
@@ -180,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     after = evaluate(out, "rl", grpo / "final", dataset)
     rlhf("plot", str(grpo), "--out", str(out / "curves.png"))
 
-    console.print(compare(before, after))
+    console.print(compare(before.report(), after))
     minutes = (time.perf_counter() - started) / 60
     console.print(f"demo finished in {minutes:.1f} min; everything is in {out}/")
     return 0

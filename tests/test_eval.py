@@ -112,6 +112,21 @@ def test_eval_writes_the_json_shape(tiny, tmp_path, capsys):
     assert sum(results["counts"].values()) == 10
 
 
+def test_demo_evaluates_in_a_process_of_its_own_as_in_this_one(tiny, tmp_path, capsys):
+    """The demo's SFT evaluation runs beside GRPO: the same command, the same report."""
+    from rlhf.demo import BackgroundEval
+    from rlhf.demo import evaluate as demo_evaluate
+
+    model, data = tiny / "model", str(tiny / "data")
+    job = BackgroundEval(tmp_path, "side", model, data, threads=1)
+    here = demo_evaluate(tmp_path, "here", model, data)
+    there = job.report()
+    assert "gender accuracy" in (tmp_path / "eval_side.log").read_text()
+    assert "gender accuracy" in capsys.readouterr().out
+    here.pop("seconds"), there.pop("seconds")
+    assert there == here and "silence" in there["ablations"]
+
+
 def test_evaluate_function_limits_samples(tiny):
     results = evaluate(tiny / "model", tiny / "data", max_samples=3, batch_size=2, max_new_tokens=4)
     assert results["n"] == 3
