@@ -119,6 +119,12 @@ class DataConfig:
     tasks: list[str] | None = option(
         None, "keep only rows whose `task` column is one of these (null: all rows)"
     )
+    where: dict[str, list[str]] | None = option(
+        None,
+        "keep only rows whose column holds one of the listed values, for each column named "
+        "(e.g. {speaker: [en-us+f1, en-us+m2]}: SFT on a few speakers, RL on all); with tasks, "
+        "before max_samples",
+    )
     max_samples: int | None = option(None, "use the first N rows only (null: all)", ge=1)
     task_repeats: dict[str, int] | None = option(
         None,

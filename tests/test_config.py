@@ -289,7 +289,13 @@ def _prompts(folder: Path, bad: set[int], rows: int = 6) -> Path:
         else:
             _wav(folder / f"{i}.wav")
         lines.append(
-            {"id": f"clip{i}", "task": "gender", "prompt": "Male or female?", "audio": f"{i}.wav"}
+            {
+                "id": f"clip{i}",
+                "task": "gender",
+                "speaker": "en-us+f1",  # one the SFT recipe's data.where keeps
+                "prompt": "Male or female?",
+                "audio": f"{i}.wav",
+            }
         )
     path = folder / "prompts.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -354,6 +360,7 @@ def _data(path, **extra):
         "path": str(path),
         "split": "train",
         "tasks": None,
+        "where": None,
         "max_samples": None,
         "task_repeats": None,
     }
@@ -369,8 +376,19 @@ def test_load_split_filters_tasks_then_takes_max_samples(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     dataset = load_split(_data(path, tasks=["pitch"], max_samples=3))
     assert dataset["id"] == [1, 3, 5]
-    with pytest.raises(DatasetError, match=r"no rows \(data.tasks=\['speed'\]\)"):
+    with pytest.raises(DatasetError, match=r"no rows \(data.tasks=\['speed'\], data.where=None\)"):
         load_split(_data(path, tasks=["speed"]))
+
+
+def test_where_keeps_the_rows_of_the_listed_speakers_and_names_a_missing_column(tmp_path):
+    speakers = ("f1", "m2", "f3")
+    rows = [{"id": i, "task": "gender", "speaker": speakers[i % 3]} for i in range(9)]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dataset = load_split(_data(path, where={"speaker": ["f1", "f3"]}, max_samples=4))
+    assert dataset["id"] == [0, 2, 3, 5]
+    with pytest.raises(DatasetError, match=r"data.where.voice=\['f1'\] needs a 'voice' column"):
+        load_split(_data(path, where={"voice": ["f1"]}))
 
 
 def test_task_repeats_weight_the_mixture_and_name_a_bad_task(tmp_path):

@@ -108,23 +108,32 @@ def _load_dataset(where: str, split: str) -> datasets.Dataset:
 
 def load_split(data: Any, split: str | None = None) -> datasets.Dataset:
     """The rows a recipe's ``data`` section selects: ``split`` (default ``data.split``) of
-    ``data.path``, only rows whose ``task`` is in ``data.tasks`` when set, then the first
-    ``data.max_samples``, each row repeated as ``data.task_repeats`` says for its task. Raises
-    ``DatasetError`` when no row is left, or for a repeat that names no task of the split."""
+    ``data.path``, only rows whose ``task`` is in ``data.tasks`` and whose columns hold the values
+    ``data.where`` lists, then the first ``data.max_samples``, each row repeated as
+    ``data.task_repeats`` says for its task. Raises ``DatasetError`` when no row is left, for a
+    filter on a column the split lacks, or for a repeat that names no task of the split."""
     split = split or data.split
     dataset = load_prompt_dataset(data.path, split)
-    if data.tasks:
-        tasks = set(data.tasks)
-        if "task" not in dataset.column_names:
+    filters = {"tasks": ("task", data.tasks)}
+    filters |= {
+        f"where.{column}": (column, values) for column, values in (data.where or {}).items()
+    }
+    for key, (column, values) in filters.items():
+        if not values:
+            continue
+        if column not in dataset.column_names:
             raise DatasetError(
-                f"{data.path}:{split}: data.tasks={list(data.tasks)} needs a 'task' column; "
+                f"{data.path}:{split}: data.{key}={list(values)} needs a {column!r} column; "
                 f"columns: {dataset.column_names}"
             )
-        dataset = dataset.filter(lambda row: row["task"] in tasks)
+        keep = {str(value) for value in values}
+        dataset = dataset.filter(lambda value, keep=keep: str(value) in keep, input_columns=column)
     if data.max_samples:
         dataset = dataset.select(range(min(data.max_samples, len(dataset))))
     if len(dataset) == 0:
-        raise DatasetError(f"{data.path}:{split}: no rows (data.tasks={data.tasks})")
+        raise DatasetError(
+            f"{data.path}:{split}: no rows (data.tasks={data.tasks}, data.where={data.where})"
+        )
     if data.task_repeats:
         tasks = dataset["task"] if "task" in dataset.column_names else []
         present = set(tasks)
