@@ -1,9 +1,11 @@
 """`rlhf demo [--out DIR] [--arch A]`: the whole toolkit on a laptop CPU, in minutes.
 
 Synthetic speech → tiny model (Step-Audio 2 by default; ``--arch qwen2-audio``, ``qwen2.5-omni``) →
-SFT in two stages (learn to hear: short answers to the paralinguistic questions; then reasoning,
-transcripts and spoken answers on a small set) → evaluation → GRPO on labels only → evaluation →
-plot. Each stage is the `rlhf` command a user would type (printed before it runs), so the demo
+SFT in two stages on a small set, the clips of 8 of the 24 training speakers (learn to hear: short
+answers to the paralinguistic questions; then reasoning, transcripts and spoken answers) →
+evaluation → GRPO on labels only, on every training speaker → evaluation on speakers never heard
+in training → plot. SFT on few speakers, RL on many, is what leaves RL something to learn: with
+every speaker in SFT the tiny policy starts GRPO at its ceiling. Each stage is the `rlhf` command a user would type (printed before it runs), so the demo
 doubles as a worked example of the command line. The recipes are the same for every family: only
 ``model.path`` changes, and for a model that answers in text only, SFT leaves out the spoken-reply
 rows. ``rlhf bench rl`` runs the same stages over several GRPO seeds.
