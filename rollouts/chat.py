@@ -199,11 +199,17 @@ def _render_history(
     return out
 
 
+def speech_prefilled(think: bool, spoken: bool) -> bool:
+    """Whether the prompt ends with ``<tts_start>``: a spoken answer without thinking (with
+    thinking, the model writes ``<tts_start>`` after ``</think>``)."""
+    return spoken and not think
+
+
 def generation_prefill(think: bool, spoken: bool) -> str:
     """What the assistant turn is prefilled with: ``<think>\\n``, ``<tts_start>`` or nothing."""
     if think:
         return THINK_PREFILL
-    return SPOKEN_PREFILL if spoken else ""
+    return SPOKEN_PREFILL if speech_prefilled(think, spoken) else ""
 
 
 def render_prompt(
@@ -250,7 +256,7 @@ def render_sft(
     ids = SpecialIds.from_tokenizer(tokenizer)
     prompt = render_prompt(messages, tokenizer, audio_token_counts, think, spoken, tools)
     completion = render_completion(target, tokenizer, think, spoken)
-    mask = completion_loss_mask(completion, ids, train_on, speaking=spoken and not think)
+    mask = completion_loss_mask(completion, ids, train_on, speech_prefilled(think, spoken))
     labels = [IGNORE_INDEX] * len(prompt) + [
         t if m else IGNORE_INDEX for t, m in zip(completion, mask, strict=True)
     ]

@@ -14,7 +14,13 @@ from functools import cached_property
 import torch
 
 from rollouts.adapters.base import ModelAdapter, VllmNames
-from rollouts.chat import ParsedCompletion, TrainOn, completion_loss_mask, parse_completion
+from rollouts.chat import (
+    ParsedCompletion,
+    TrainOn,
+    completion_loss_mask,
+    parse_completion,
+    speech_prefilled,
+)
 from rollouts.processor import StepAudio2Processor
 from rollouts.tokens import AUDIO_PATCH
 from rollouts.types import PromptSample
@@ -91,7 +97,7 @@ class StepAudio2Adapter(ModelAdapter):
             completion_ids,
             self.processor.tokenizer,
             think_prefilled=sample.think,
-            spoken_prefilled=sample.spoken and not sample.think,
+            spoken_prefilled=speech_prefilled(sample.think, sample.spoken),
         )
 
     def loss_mask(
@@ -100,5 +106,5 @@ class StepAudio2Adapter(ModelAdapter):
         train_on: TrainOn = "text",
         sample: PromptSample | None = None,
     ) -> list[int]:
-        speaking = sample is not None and sample.spoken and not sample.think
+        speaking = sample is not None and speech_prefilled(sample.think, sample.spoken)
         return completion_loss_mask(completion_ids, self.special, train_on, speaking)
