@@ -45,7 +45,8 @@ IDENTITY_FIELDS = {
     "model.freeze_audio_encoder": "which parameters the optimizer state belongs to",
     "algorithm.name": "PPO has a critic, GRPO none",
     "algorithm.ppo.critic_path": "where the critic started",
-    "data.rows": "the prompts the data position counts (data.path, split, tasks, where, max_samples)",
+    "data.rows": "the prompts the data position counts (data.path, split, tasks, where, "
+    "max_samples)",
     "data.shuffle": "the prompt order",
     "run.seed": "the prompt order",
 }

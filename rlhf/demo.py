@@ -5,8 +5,9 @@ SFT in two stages on a small set, the clips of 8 of the 24 training speakers (le
 answers to the paralinguistic questions; then reasoning, transcripts and spoken answers) →
 evaluation → GRPO on labels only, on every training speaker → evaluation on speakers never heard
 in training → plot. SFT on few speakers, RL on many, is what leaves RL something to learn: with
-every speaker in SFT the tiny policy starts GRPO at its ceiling. Each stage is the `rlhf` command a user would type (printed before it runs), so the demo
-doubles as a worked example of the command line. The recipes are the same for every family: only
+every speaker in SFT the tiny policy starts GRPO at its ceiling. Each stage is the `rlhf` command
+a user would type (printed before it runs), so the demo doubles as a worked example of the
+command line. The recipes are the same for every family: only
 ``model.path`` changes, and for a model that answers in text only, SFT leaves out the spoken-reply
 rows. ``rlhf bench rl`` runs the same stages over several GRPO seeds.
 """

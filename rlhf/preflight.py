@@ -7,7 +7,8 @@ a missing model folder surfaced as a hub "repo id" error. Here, in order, each s
    recipe runs anything on it;
 2. ``model.path`` (and a PPO critic's) is a local folder, or a hub id the hub cache or the network
    has, and its *config* loads (``AutoConfig``: no weights);
-3. the dataset split loads and keeps rows after ``data.tasks`` / ``data.where`` / ``data.max_samples``;
+3. the dataset split loads and keeps rows after ``data.tasks`` / ``data.where`` /
+   ``data.max_samples``;
 4. every row goes through ``row_to_sample`` (its audio decoded and checked against its messages):
    always for ``--dry-run`` and ``data.validate=always``, for splits of at most
    ``SCAN_AUTO_MAX_ROWS`` rows under ``data.validate=auto``. All bad rows are collected and the
