@@ -12,7 +12,8 @@ One run of the demo's first half (data, tiny model, SFT), then from that one SFT
   how often the think budget is kept in the first and last steps, and held-out accuracy and think
   length before and after.
 
-Prints the mean and range over seeds and writes everything to ``OUT/bench_rl.json``. The README's
+After SFT these runs are independent: they run ``--jobs`` at a time, each a process of its own
+whose output goes to ``OUT/{run}.log``. Prints the mean and range over seeds and writes everything to ``OUT/bench_rl.json``. The README's
 "Measured" figures come from this command; the demo is one seed of it.
 """
 
@@ -20,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from pathlib import Path
 
 from rich.table import Table
 
-from rlhf.demo import console, evaluate, prepare, recipe, rlhf
+from rlhf.demo import Job, console, eval_argv, prepare, recipe, run_jobs
 from rlhf.evaluate import ABLATIONS, DIMENSIONS, SPOKEN, TRANSCRIBE
 from rlhf.metrics import read_metrics
 
@@ -40,6 +42,11 @@ PPO_THINK_TINY = (
     "run.steps=40",
     "rewards=[{name: think_length, max_words: 15}]",
 )
+# The recipes run once from the SFT policy besides GRPO: (name, eval task, recipe).
+RECIPES_AFTER_SFT = (
+    ("asr", TRANSCRIBE, "tiny_grpo_asr.yaml"),
+    ("spoken", SPOKEN, "tiny_grpo_spoken.yaml"),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-clips", type=int, default=1200, help="training clips")
     parser.add_argument("--test-clips", type=int, default=300, help="held-out clips")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (as the demo)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="runs at once after SFT, each a process of --threads threads (default: 2 on a "
+        "machine with 2 cores or more)",
+    )
     parser.add_argument(
         "--skip",
         nargs="*",
@@ -79,81 +93,102 @@ def over_seeds(sft: dict[str, float], seeds: list[dict[str, float]]) -> dict:
     }
 
 
+def jobs(out: Path, sft: Path, dataset: str, seeds: list[int], skip: list[str]) -> list[Job]:
+    """Every run that starts from the SFT policy, with its evaluations, as independent jobs."""
+
+    def train(recipe_name: str, *overrides: str) -> list[str]:
+        model = f"model.path={sft}"
+        return ["train", recipe(recipe_name), model, f"data.path={dataset}", *overrides]
+
+    todo = [Job("eval_sft", [eval_argv(out / "eval_sft.json", sft, dataset, ABLATIONS)])]
+    for seed in seeds:
+        run_dir = out / f"grpo_seed{seed}"
+        report = out / f"eval_grpo_seed{seed}.json"
+        todo.append(
+            Job(
+                f"grpo_seed{seed}",
+                [
+                    train("tiny_grpo.yaml", f"run.output_dir={run_dir}", f"run.seed={seed}"),
+                    eval_argv(report, run_dir / "final", dataset, ABLATIONS),
+                ],
+            )
+        )
+    for name, tasks, recipe_name in RECIPES_AFTER_SFT:
+        if name in skip:
+            continue
+        run_dir, report = out / f"grpo_{name}", out / f"eval_grpo_{name}.json"
+        todo.append(
+            Job(
+                f"grpo_{name}",
+                [
+                    train(recipe_name, f"run.output_dir={run_dir}"),
+                    eval_argv(report, run_dir / "final", dataset, (), (tasks,)),
+                ],
+            )
+        )
+    if "ppo" not in skip:
+        run_dir = out / "ppo_think"
+        todo.append(
+            Job(
+                "ppo_think",
+                [
+                    train(
+                        "step_audio2_ppo_think.yaml", f"run.output_dir={run_dir}", *PPO_THINK_TINY
+                    ),
+                    *(
+                        eval_argv(
+                            out / f"eval_{name}_questions.json",
+                            model,
+                            dataset,
+                            (),
+                            tuple(DIMENSIONS),
+                        )
+                        for name, model in (("sft", sft), ("ppo", run_dir / "final"))
+                    ),
+                ],
+            )
+        )
+    return todo
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)  # one thread: the same figures on a loaded machine
     out: Path = args.out
     dataset, sft = prepare(out, num_clips=args.num_clips, test_clips=args.test_clips)
-    sft_report = evaluate(out, "sft", sft, dataset, ablate=ABLATIONS)
+    run_jobs(jobs(out, sft, dataset, args.seeds, args.skip), out, args.jobs, args.threads)
+
+    def report(name: str) -> dict:
+        return json.loads((out / f"eval_{name}.json").read_text())
+
+    sft_report = report("sft")
     results: dict = {"sft": accuracies(sft_report), "seeds": {}}
-
     for seed in args.seeds:
-        run_dir = out / f"grpo_seed{seed}"
-        rlhf(
-            "train",
-            recipe("tiny_grpo.yaml"),
-            f"model.path={sft}",
-            f"data.path={dataset}",
-            f"run.output_dir={run_dir}",
-            f"run.seed={seed}",
-        )
-        report = evaluate(out, f"grpo_seed{seed}", run_dir / "final", dataset, ablate=ABLATIONS)
-        results["seeds"][seed] = accuracies(report)
-
+        results["seeds"][seed] = accuracies(report(f"grpo_seed{seed}"))
     results.update(over_seeds(results["sft"], list(results["seeds"].values())))
-
-    for name, tasks, recipe_name in (
-        ("asr", TRANSCRIBE, "tiny_grpo_asr.yaml"),
-        ("spoken", SPOKEN, "tiny_grpo_spoken.yaml"),
-    ):
-        if name in args.skip:
-            continue
-        run_dir = out / f"grpo_{name}"
-        rlhf(
-            "train",
-            recipe(recipe_name),
-            f"model.path={sft}",
-            f"data.path={dataset}",
-            f"run.output_dir={run_dir}",
-        )
-        after = evaluate(out, f"grpo_{name}", run_dir / "final", dataset, tasks=(tasks,))
-        results[name] = {"sft": sft_report[name], "grpo": after[name]}
-
+    for name, _, _ in RECIPES_AFTER_SFT:
+        if name not in args.skip:
+            results[name] = {"sft": sft_report[name], "grpo": report(f"grpo_{name}")[name]}
     if "ppo" not in args.skip:
-        results["ppo_think"] = ppo_think(out, sft, dataset)
+        within = [step["reward/think_length/mean"] for step in read_metrics(out / "ppo_think")]
+        results["ppo_think"] = {
+            "within_budget": {
+                "first": statistics.fmean(within[:10]),
+                "last": statistics.fmean(within[-10:]),
+            },
+        }
+        for name in ("sft", "ppo"):
+            questions = report(f"{name}_questions")
+            results["ppo_think"][name] = {
+                **accuracies(questions),
+                "think_words": questions["think_words_mean"],
+            }
 
     (out / "bench_rl.json").write_text(json.dumps(results, indent=2))
     console.print(table(results))
     console.print(f"figures in {out / 'bench_rl.json'}")
     return 0
-
-
-def ppo_think(out: Path, sft: Path, dataset: str) -> dict:
-    """PPO stage 1 on the SFT policy: the think-length reward's mean (the share of rollouts within
-    budget) over the first and the last 10 steps, and the held-out questions before and after."""
-    run_dir = out / "ppo_think"
-    rlhf(
-        "train",
-        recipe("step_audio2_ppo_think.yaml"),
-        f"model.path={sft}",
-        f"data.path={dataset}",
-        f"run.output_dir={run_dir}",
-        *PPO_THINK_TINY,
-    )
-    within = [step["reward/think_length/mean"] for step in read_metrics(run_dir)]
-    figures: dict = {
-        "within_budget": {
-            "first": statistics.fmean(within[:10]),
-            "last": statistics.fmean(within[-10:]),
-        }
-    }
-    for name, model in (("sft", sft), ("ppo", run_dir / "final")):
-        report = evaluate(
-            out, f"{name}_questions", model, dataset, ablate=(), tasks=tuple(DIMENSIONS)
-        )
-        figures[name] = {**accuracies(report), "think_words": report["think_words_mean"]}
-    return figures
 
 
 def table(results: dict) -> Table:

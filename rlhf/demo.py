@@ -21,7 +21,10 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from rich.console import Console
 from rich.table import Table
@@ -172,30 +175,61 @@ def evaluate(
     return json.loads(report.read_text())
 
 
+def start(argv: list[str], log: IO, threads: int) -> subprocess.Popen:
+    """``rlhf ARGV`` in a process of its own with ``threads`` torch threads, its output into
+    ``log``. Single-threaded processes never wait on each other, so two of them use both cores
+    of a small machine and a third process there slows them without stalling them."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "COLUMNS": "100"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "rlhf.cli", *argv], stdout=log, stderr=subprocess.STDOUT, env=env
+    )
+
+
 class BackgroundEval:
-    """``rlhf eval`` in a process of its own, one torch thread, while this process trains: the
-    second core of a small machine does the SFT evaluation during GRPO. Two single-threaded
-    processes never wait on each other, so a third process on the machine slows them and stalls
-    nothing. Its output goes to ``out/eval_{name}.log`` and is printed by ``report()``."""
+    """``rlhf eval`` in a process of its own while this process trains: the second core of a
+    small machine does the SFT evaluation during GRPO. Its output goes to ``out/eval_{name}.log``
+    and is printed by ``report()``."""
 
     def __init__(self, out: Path, name: str, model: Path, dataset: str, threads: int):
         self.report_path, self.log = out / f"eval_{name}.json", out / f"eval_{name}.log"
         argv = eval_argv(self.report_path, model, dataset)
         console.print(f"\n[bold cyan]$ rlhf {shlex.join(argv)} > {self.log} &[/]")
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "COLUMNS": "100"}
         with self.log.open("w") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "rlhf.cli", *argv],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+            self.process = start(argv, log, threads)
 
     def report(self) -> dict:
         if self.process.wait():
             raise SystemExit(f"rlhf eval failed (exit code {self.process.returncode}): {self.log}")
         console.print(self.log.read_text())
         return json.loads(self.report_path.read_text())
+
+
+@dataclass
+class Job:
+    """``rlhf`` commands to run one after another, logged to ``{name}.log``."""
+
+    name: str
+    commands: list[list[str]]
+
+
+def run_jobs(jobs: list[Job], out: Path, workers: int, threads: int) -> None:
+    """Run ``jobs``, ``workers`` at a time, each command a process of ``threads`` threads (see
+    ``start``); stops at the first that fails, naming its log."""
+
+    def work(job: Job) -> None:
+        log_path = out / f"{job.name}.log"
+        with log_path.open("w") as log:
+            for argv in job.commands:
+                console.print(f"[bold cyan]$ rlhf {shlex.join(argv)} >> {log_path}[/]")
+                log.write(f"$ rlhf {shlex.join(argv)}\n")
+                log.flush()
+                if code := start(argv, log, threads).wait():
+                    raise SystemExit(f"rlhf {argv[0]} failed (exit code {code}): {log_path}")
+        console.print(f"[green]{job.name} done[/]")
+
+    with ThreadPoolExecutor(workers) as pool:
+        for done in [pool.submit(work, job) for job in jobs]:
+            done.result()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -43,3 +43,35 @@ def test_ppo_stage_one_example_is_a_valid_recipe_with_a_15_word_budget():
     assert config.algorithm.name == "ppo"
     assert config.rewards == [{"name": "think_length", "max_words": 15}]
     assert (config.run.steps, config.optim.lr) == (40, 1e-4)
+
+
+def test_jobs_run_their_commands_in_order_and_a_failure_names_its_log(tmp_path):
+    from rlhf.demo import Job, run_jobs
+
+    ok = Job("ok", [["eval", "--help"], ["train", "--help"]])
+    run_jobs([ok], tmp_path, workers=2, threads=1)
+    log = (tmp_path / "ok.log").read_text()
+    assert log.index("$ rlhf eval --help") < log.index("$ rlhf train --help")
+    assert "usage: rlhf eval" in log and "usage: rlhf train" in log
+
+    broken = Job("broken", [["train", str(tmp_path / "missing.yaml")], ["eval", "--help"]])
+    with pytest.raises(SystemExit, match="broken.log"):
+        run_jobs([ok, broken], tmp_path, workers=2, threads=1)
+    log = (tmp_path / "broken.log").read_text()
+    assert "missing.yaml" in log and "usage: rlhf eval" not in log  # stopped at the failure
+
+
+def test_the_bench_runs_every_seed_and_recipe_from_the_one_sft_policy(tmp_path):
+    from rlhf.bench_rl import jobs
+
+    todo = jobs(tmp_path, tmp_path / "sft", "data", seeds=[0, 1], skip=["asr"])
+    assert [job.name for job in todo] == [
+        "eval_sft",
+        "grpo_seed0",
+        "grpo_seed1",
+        "grpo_spoken",
+        "ppo_think",
+    ]
+    trains = [argv for job in todo for argv in job.commands if argv[0] == "train"]
+    assert all(f"model.path={tmp_path / 'sft'}" in argv for argv in trains)
+    assert [argv for argv in trains if "run.seed=1" in argv][0][1].endswith("tiny_grpo.yaml")
