@@ -55,7 +55,7 @@ def test_jobs_run_their_commands_in_order_and_a_failure_names_its_log(tmp_path):
     assert "usage: rlhf eval" in log and "usage: rlhf train" in log
 
     broken = Job("broken", [["train", str(tmp_path / "missing.yaml")], ["eval", "--help"]])
-    with pytest.raises(SystemExit, match="broken.log"):
+    with pytest.raises(SystemExit, match=r"broken\.log"):
         run_jobs([ok, broken], tmp_path, workers=2, threads=1)
     log = (tmp_path / "broken.log").read_text()
     assert "missing.yaml" in log and "usage: rlhf eval" not in log  # stopped at the failure
@@ -74,4 +74,4 @@ def test_the_bench_runs_every_seed_and_recipe_from_the_one_sft_policy(tmp_path):
     ]
     trains = [argv for job in todo for argv in job.commands if argv[0] == "train"]
     assert all(f"model.path={tmp_path / 'sft'}" in argv for argv in trains)
-    assert [argv for argv in trains if "run.seed=1" in argv][0][1].endswith("tiny_grpo.yaml")
+    assert next(argv for argv in trains if "run.seed=1" in argv)[1].endswith("tiny_grpo.yaml")
