@@ -34,14 +34,18 @@ def test_table_names_the_ablations_and_shows_the_range():
     assert table(results).columns[2]._cells[-1] == "+0.100 [+0.100, +0.100]"
 
 
-def test_ppo_stage_one_example_is_a_valid_recipe_with_a_15_word_budget():
+def test_ppo_stage_one_example_is_a_valid_recipe_with_a_20_word_budget_and_accuracy():
     from rlhf.bench_rl import PPO_THINK_TINY
     from rlhf.config import RLConfig, load_config
     from rlhf.demo import recipe
 
     config = load_config(RLConfig, recipe("step_audio2_ppo_think.yaml"), PPO_THINK_TINY)
     assert config.algorithm.name == "ppo"
-    assert config.rewards == [{"name": "think_length", "max_words": 15}]
+    assert config.rewards == [
+        {"name": "think_length", "max_words": 20},
+        {"name": "paralinguistic"},
+    ]
+    assert config.data.tasks == ["gender", "pitch", "speed"]
     assert (config.run.steps, config.optim.lr) == (40, 1e-4)
 
 
