@@ -28,7 +28,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from rlhf.demo import Job, console, eval_argv, prepare, recipe, run_jobs
+from rlhf.demo import Job, console, eval_argv, prepare, recipe, run_jobs, sft_processes
 from rlhf.evaluate import ABLATIONS, DIMENSIONS, SPOKEN, TRANSCRIBE
 from rlhf.metrics import read_metrics
 
@@ -160,7 +160,13 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)  # one thread: the same figures on a loaded machine
     out: Path = args.out
-    dataset, sft = prepare(out, num_clips=args.num_clips, test_clips=args.test_clips)
+    dataset, sft = prepare(
+        out,
+        num_clips=args.num_clips,
+        test_clips=args.test_clips,
+        processes=sft_processes(),  # as the demo
+        threads=args.threads,
+    )
     run_jobs(jobs(out, sft, dataset, args.seeds, args.skip), out, args.jobs, args.threads)
 
     def report(name: str) -> dict:

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -41,6 +42,44 @@ def rlhf(*argv: str) -> None:
     code = main(list(argv))
     if code:
         raise SystemExit(f"rlhf {argv[0]} failed with exit code {code}")
+
+
+def sft(path: str, *overrides: str, processes: int, threads: int) -> None:
+    """``rlhf sft PATH OVERRIDES``: in this process, or data parallel over ``processes``
+    processes of ``threads`` threads (``accelerate launch``, torch DDP over gloo) that share
+    each step's rows, printed as a user would type it. Two single-threaded processes use both
+    cores of a small machine without the stalls of two threads in one process (see ``run``),
+    and a third process there slows them evenly."""
+    if processes == 1:
+        rlhf("sft", path, *overrides)
+        return
+    from rlhf.config import SFTConfig, load_config
+
+    rows = load_config(SFTConfig, path, overrides).optim.micro_batch_size
+    if rows % processes:
+        raise SystemExit(f"{path}: {rows} rows per step do not split over {processes} processes")
+    launch = ["--multi_gpu", "--num_processes", str(processes), "--mixed_precision", "no"]
+    command = ["-m", "rlhf.cli", "sft", path, *overrides, "run.distributed=ddp"]
+    command.append(f"optim.micro_batch_size={rows // processes}")  # the recipe's rows per step
+    console.print(f"\n[bold cyan]$ accelerate launch {shlex.join(launch + command)}[/]")
+    port = [
+        "--num_machines",
+        "1",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    argv_ = [sys.executable, "-m", "accelerate.commands.launch", *launch, *port, *command]
+    if code := subprocess.run(argv_, env=env).returncode:
+        raise SystemExit(f"rlhf sft failed with exit code {code}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def recipe(name: str) -> str:
@@ -104,12 +143,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rl-steps", type=int, default=None, help="override the GRPO steps")
     parser.add_argument("--sft-steps", type=int, default=None, help="override the SFT steps")
     parser.add_argument(
+        "--sft-processes",
+        type=int,
+        default=None,
+        help="processes that share each SFT step (default: 2 on a CPU machine with 2 cores or "
+        "more, else 1)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
         help="torch CPU threads (default 1: not slowed by other processes on a small machine, "
         "and the same figures on every run)",
     )
+
+
+def sft_processes() -> int:
+    """Two data-parallel SFT processes where the demo runs on CPU cores, one on a GPU."""
+    import torch
+
+    return 1 if torch.cuda.is_available() else min(2, os.cpu_count() or 1)
 
 
 def prepare(
@@ -119,28 +172,36 @@ def prepare(
     num_clips: int = 1200,
     test_clips: int = 300,
     sft_steps: int | None = None,
+    processes: int = 1,
+    threads: int = 1,
 ) -> tuple[str, Path]:
     """The demo's first half: data, a tiny ``arch`` model and its two SFT stages (learn to hear,
-    then reason); returns the dataset folder and the SFT checkpoint."""
-    data, tiny, listen, sft = out / "data", out / "tiny", out / "listen", out / "sft"
+    then reason), each over ``processes`` processes; returns the dataset folder and the SFT
+    checkpoint."""
+    data, tiny, listen, tuned = out / "data", out / "tiny", out / "listen", out / "sft"
     dataset = str(data / "data")
     rlhf("make-data", str(data), "--num-clips", str(num_clips), "--test-clips", str(test_clips))
     speaks = arch == "step-audio-2"  # the one family with spoken (TA4) answers
     rlhf("make-tiny", str(tiny), "--arch", arch, *(["--audio-codes", "64"] * speaks))
-    rlhf(
-        "sft",
+    sft(
         recipe("tiny_sft_listen.yaml"),
         f"model.path={tiny}",
         f"data.path={dataset}",
         f"run.output_dir={listen}",
+        processes=processes,
+        threads=threads,
     )
-    overrides = [f"model.path={listen / 'final'}", f"data.path={dataset}", f"run.output_dir={sft}"]
+    overrides = [
+        f"model.path={listen / 'final'}",
+        f"data.path={dataset}",
+        f"run.output_dir={tuned}",
+    ]
     if not speaks:
         overrides += ["train_on=text", "data.tasks=[transcribe,gender,pitch,speed]"]
     if sft_steps:
         overrides.append(f"run.steps={sft_steps}")
-    rlhf("sft", recipe("tiny_sft.yaml"), *overrides)
-    return dataset, sft / "final"
+    sft(recipe("tiny_sft.yaml"), *overrides, processes=processes, threads=threads)
+    return dataset, tuned / "final"
 
 
 def eval_argv(
@@ -247,6 +308,8 @@ def run(args: argparse.Namespace) -> int:
         num_clips=args.num_clips,
         test_clips=args.test_clips,
         sft_steps=args.sft_steps,
+        processes=args.sft_processes or sft_processes(),
+        threads=args.threads,
     )
     before = BackgroundEval(out, "sft", sft, dataset, args.threads)
     grpo = out / "grpo"

@@ -6,9 +6,14 @@ wrapper at all):
 - ``fsdp`` (ZeRO-3): parameters, gradients and AdamW state are split across processes. Each
   decoder layer and audio-encoder block is a unit whose parameters are gathered just before it
   runs and freed after; the rest (embeddings, final norm, LM head, adaptor) is the root's unit.
-- ``ddp``: every process holds everything and gradients are all-reduced. It is FSDP2 over a
-  (processes × 1) mesh: hybrid sharding with shards of one process is data parallelism, so both
-  modes share the hooks, the gradient reduction and the checkpoint format.
+- ``ddp``: every process holds everything and gradients are all-reduced. In RL it is FSDP2 over
+  a (processes × 1) mesh: hybrid sharding with shards of one process is data parallelism, so both
+  modes share the hooks, the gradient reduction and the checkpoint format, and a critic keeps its
+  second entry point. SFT, with one entry point and a plain checkpoint, uses torch's
+  ``DistributedDataParallel`` (``replicate``): one all-reduce per bucket of gradients, overlapped
+  with backward, where FSDP2 gathers and reduces unit by unit. On the tiny model's listening stage
+  (2 gloo processes of one thread, 8 rows each) a step takes 0.29 s with DDP, 0.51 s with FSDP2
+  (2 × 1), and 0.40 s in one process on all 16 rows.
 
 Gradients are summed over processes (divide factor 1), not averaged: every trainer normalises each
 process's loss by whole-batch counts. ``fully_shard`` is called directly rather than through
@@ -72,6 +77,26 @@ def shard(module: nn.Module, strategy: str, device: torch.device | str) -> nn.Mo
     if hasattr(module, "values"):
         register_fsdp_forward_method(module, "values")
     return module
+
+
+def replicate(module: nn.Module, device: torch.device | str) -> nn.Module:
+    """``module`` wrapped in ``DistributedDataParallel`` on ``device``, gradients summed over
+    processes like FSDP2's here (every trainer normalises by whole-batch counts)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    module.to(device)
+    on_cpu = torch.device(device).type == "cpu"
+    wrapped = DistributedDataParallel(
+        module, device_ids=None if on_cpu else [device], broadcast_buffers=False
+    )
+    wrapped.register_comm_hook(None, _sum_gradients)
+    return wrapped
+
+
+def _sum_gradients(_, bucket):  # unannotated: DDP rejects the strings of postponed annotations
+    """A DDP communication hook: the bucket's gradients summed, not averaged (DDP's default)."""
+    future = dist.all_reduce(bucket.buffer(), async_op=True).get_future()
+    return future.then(lambda done: done.value()[0])
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:

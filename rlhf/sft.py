@@ -9,8 +9,9 @@ TA4 answer as ``train_on`` says, never the prompt, padding or tool outputs.
 The loss is the mean negative log-likelihood over the labelled tokens of a step, computed with
 ``Policy.logprobs``: the same chunked LM-head path RL uses, so SFT and RL agree on what a
 log-prob is and no ``[B, T, V]`` logits are materialised. As in RL, the weights and AdamW state
-are fp32 and ``model.dtype`` is the compute dtype (autocast); with several processes the model is
-sharded (``run.distributed``) and its ``LogProbModel`` is what the wrapper holds.
+are fp32 and ``model.dtype`` is the compute dtype (autocast); with several processes the
+``LogProbModel`` is sharded with FSDP2 (``run.distributed=fsdp``) or replicated with torch's DDP
+(``ddp``: ``rlhf.distributed.replicate``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from rich.progress import track
 from rlhf.config import DataConfig, SFTConfig
 from rlhf.data.loading import load_split, row_to_sample
 from rlhf.data.stream import PromptStream
-from rlhf.distributed import shard
+from rlhf.distributed import replicate, shard
 from rlhf.metrics import MetricsLogger
 from rlhf.training import (
     autocast,
@@ -112,11 +113,13 @@ class SFTTrainer:
 
         self.examples = load_examples(config.data)
         self.compute_dtype = compute_dtype(config.model)
-        sharded = self.accelerator.num_processes > 1  # then loaded on the CPU, moved as sharded
-        self.policy = load_policy(config.model, "cpu" if sharded else self.accelerator.device)
+        several = self.accelerator.num_processes > 1  # then loaded on the CPU, moved when wrapped
+        self.policy = load_policy(config.model, "cpu" if several else self.accelerator.device)
         self.model = self.policy.model
         self.scorer = LogProbModel(self.policy)
-        if sharded:
+        if several and config.run.distributed == "ddp":
+            self.scorer = replicate(self.scorer, self.accelerator.device)
+        elif several:
             shard(self.scorer, config.run.distributed, self.accelerator.device)
         # One step: a micro-batch on every process; their gradients are summed (see step).
         self.batch_size = config.optim.micro_batch_size * self.accelerator.num_processes

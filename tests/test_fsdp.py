@@ -228,3 +228,30 @@ def test_a_checkpoint_with_missing_or_extra_weights_fails_naming_it(tiny_model_d
     pattern = rf"{tmp_path}: .* missing \['lm_head.weight'\], unexpected \['extra.weight'\]"
     with pytest.raises(CheckpointError, match=pattern):
         load_weights(model, tmp_path)
+
+
+@pytest.mark.slow
+def test_the_demo_shares_each_sft_step_over_two_processes(
+    tiny_model_dir, tiny_dataset_dir, tmp_path
+):
+    """`rlhf demo`'s SFT stages over two DDP processes train on the recipe's rows per step and
+    compute the losses one process does (DDP's average instead of a sum would halve the update)."""
+    from rlhf.demo import sft
+
+    common = [f"model.path={tiny_model_dir}", f"data.path={tiny_dataset_dir}", "run.steps=2"]
+    common += ["optim.micro_batch_size=4", "optim.warmup_steps=0"]
+    for processes in (1, 2):
+        out = f"run.output_dir={tmp_path / str(processes)}"
+        sft(str(RECIPES / "tiny_sft.yaml"), *common, out, processes=processes, threads=1)
+    one, two = metrics(tmp_path / "1"), metrics(tmp_path / "2")
+    assert [m["tokens"] for m in two] == [m["tokens"] for m in one]
+    for key in ("loss", "grad_norm"):
+        assert [m[key] for m in two] == pytest.approx([m[key] for m in one], rel=1e-4), key
+    start, ours, theirs = (
+        weights(Path(tiny_model_dir)),
+        weights(tmp_path / "2" / "final"),
+        weights(tmp_path / "1" / "final"),
+    )
+    difference = torch.cat([(ours[k] - theirs[k]).flatten() for k in ours]).norm()
+    update = torch.cat([(theirs[k] - start[k]).flatten() for k in start]).norm()
+    assert update > 0 and difference < 1e-3 * update, (float(difference), float(update))
