@@ -7,9 +7,10 @@ evaluation → GRPO on labels only, on every training speaker → evaluation on 
 in training → plot. SFT on few speakers, RL on many, is what leaves RL something to learn: with
 every speaker in SFT the tiny policy starts GRPO at its ceiling. Each stage is the `rlhf` command
 a user would type (printed before it runs), so the demo doubles as a worked example of the
-command line. The recipes are the same for every family: only
-``model.path`` changes, and for a model that answers in text only, SFT leaves out the spoken-reply
-rows. ``rlhf bench rl`` runs the same stages over several GRPO seeds.
+command line. On a CPU machine the SFT stages share each step over two single-threaded processes
+(``accelerate launch``, DDP); GRPO runs in this process beside the SFT evaluation in another. The
+recipes are the same for every family: only ``model.path`` changes, and for a model that answers
+in text only, SFT leaves out the spoken-reply rows. ``rlhf bench rl`` runs the same stages over several GRPO seeds.
 """
 
 from __future__ import annotations
@@ -28,17 +29,23 @@ from pathlib import Path
 from typing import IO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 console = Console()
 
 
+def show(command: str) -> None:
+    """Print ``command`` as typed: escaped, since ``data.tasks=[a,b]`` reads as markup to rich."""
+    console.print(f"\n[bold cyan]$ {escape(command)}[/]")
+
+
 def rlhf(*argv: str) -> None:
     """Run ``rlhf ARGV`` in this process, printed first as a user would type it."""
     from rlhf.cli import main
 
-    console.print(f"\n[bold cyan]$ rlhf {shlex.join(argv)}[/]")
+    show(f"rlhf {shlex.join(argv)}")
     code = main(list(argv))
     if code:
         raise SystemExit(f"rlhf {argv[0]} failed with exit code {code}")
@@ -61,7 +68,7 @@ def sft(path: str, *overrides: str, processes: int, threads: int) -> None:
     launch = ["--multi_gpu", "--num_processes", str(processes), "--mixed_precision", "no"]
     command = ["-m", "rlhf.cli", "sft", path, *overrides, "run.distributed=ddp"]
     command.append(f"optim.micro_batch_size={rows // processes}")  # the recipe's rows per step
-    console.print(f"\n[bold cyan]$ accelerate launch {shlex.join(launch + command)}[/]")
+    show(f"accelerate launch {shlex.join(launch + command)}")
     port = [
         "--num_machines",
         "1",
@@ -254,7 +261,7 @@ class BackgroundEval:
     def __init__(self, out: Path, name: str, model: Path, dataset: str, threads: int):
         self.report_path, self.log = out / f"eval_{name}.json", out / f"eval_{name}.log"
         argv = eval_argv(self.report_path, model, dataset)
-        console.print(f"\n[bold cyan]$ rlhf {shlex.join(argv)} > {self.log} &[/]")
+        show(f"rlhf {shlex.join(argv)} > {self.log} &")
         with self.log.open("w") as log:
             self.process = start(argv, log, threads)
 
@@ -281,7 +288,7 @@ def run_jobs(jobs: list[Job], out: Path, workers: int, threads: int) -> None:
         log_path = out / f"{job.name}.log"
         with log_path.open("w") as log:
             for argv in job.commands:
-                console.print(f"[bold cyan]$ rlhf {shlex.join(argv)} >> {log_path}[/]")
+                show(f"rlhf {shlex.join(argv)} >> {log_path}")
                 log.write(f"$ rlhf {shlex.join(argv)}\n")
                 log.flush()
                 if code := start(argv, log, threads).wait():

@@ -79,3 +79,11 @@ def test_the_bench_runs_every_seed_and_recipe_from_the_one_sft_policy(tmp_path):
     trains = [argv for job in todo for argv in job.commands if argv[0] == "train"]
     assert all(f"model.path={tmp_path / 'sft'}" in argv for argv in trains)
     assert next(argv for argv in trains if "run.seed=1" in argv)[1].endswith("tiny_grpo.yaml")
+
+
+def test_commands_are_printed_as_typed_with_their_brackets(capsys):
+    from rlhf.demo import show
+
+    show("rlhf train r.yaml 'data.tasks=[gender,pitch]' 'rewards=[{name: x}]'")
+    printed = capsys.readouterr().out
+    assert "'data.tasks=[gender,pitch]' 'rewards=[{name: x}]'" in printed
