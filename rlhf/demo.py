@@ -10,7 +10,8 @@ a user would type (printed before it runs), so the demo doubles as a worked exam
 command line. On a CPU machine the SFT stages share each step over two single-threaded processes
 (``accelerate launch``, DDP); GRPO runs in this process beside the SFT evaluation in another. The
 recipes are the same for every family: only ``model.path`` changes, and for a model that answers
-in text only, SFT leaves out the spoken-reply rows. ``rlhf bench rl`` runs the same stages over several GRPO seeds.
+in text only, SFT leaves out the spoken-reply rows. ``rlhf bench rl`` runs the same stages over
+several GRPO seeds.
 """
 
 from __future__ import annotations
@@ -69,21 +70,16 @@ def sft(path: str, *overrides: str, processes: int, threads: int) -> None:
     command = ["-m", "rlhf.cli", "sft", path, *overrides, "run.distributed=ddp"]
     command.append(f"optim.micro_batch_size={rows // processes}")  # the recipe's rows per step
     show(f"accelerate launch {shlex.join(launch + command)}")
-    port = [
-        "--num_machines",
-        "1",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-    ]
+    unasked = ("--num_machines", "1", "--dynamo_backend", "no")  # else accelerate asks or warns
+    port = ("--main_process_port", str(free_port()))
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", *launch, *unasked, *port]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    argv_ = [sys.executable, "-m", "accelerate.commands.launch", *launch, *port, *command]
-    if code := subprocess.run(argv_, env=env).returncode:
+    if code := subprocess.run([*launcher, *command], env=env).returncode:
         raise SystemExit(f"rlhf sft failed with exit code {code}")
 
 
 def free_port() -> int:
+    """A TCP port no process listens on now, for the launched processes to meet on."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
