@@ -98,60 +98,33 @@ def over_seeds(sft: dict[str, float], seeds: list[dict[str, float]]) -> dict:
 
 
 def jobs(out: Path, sft: Path, dataset: str, seeds: list[int], skip: list[str]) -> list[Job]:
-    """Every run that starts from the SFT policy, with its evaluations, as independent jobs."""
+    """Every run that starts from the SFT policy, with its evaluations, as independent jobs. Run
+    ``name`` trains into ``out/name`` and is evaluated into ``out/eval_{name}.json``."""
 
-    def train(recipe_name: str, *overrides: str) -> list[str]:
-        model = f"model.path={sft}"
-        return ["train", recipe(recipe_name), model, f"data.path={dataset}", *overrides]
+    def train(name: str, recipe_name: str, *overrides: str) -> list[str]:
+        paths = [f"model.path={sft}", f"data.path={dataset}", f"run.output_dir={out / name}"]
+        return ["train", recipe(recipe_name), *paths, *overrides]
 
-    todo = [Job("eval_sft", [eval_argv(out / "eval_sft.json", sft, dataset, ABLATIONS)])]
+    def evaluate(name: str, model: Path, ablate=ABLATIONS, tasks=()) -> list[str]:
+        return eval_argv(out / f"eval_{name}.json", model, dataset, ablate, tasks)
+
+    todo = [Job("eval_sft", [evaluate("sft", sft)])]
     for seed in seeds:
-        run_dir = out / f"grpo_seed{seed}"
-        report = out / f"eval_grpo_seed{seed}.json"
-        todo.append(
-            Job(
-                f"grpo_seed{seed}",
-                [
-                    train("tiny_grpo.yaml", f"run.output_dir={run_dir}", f"run.seed={seed}"),
-                    eval_argv(report, run_dir / "final", dataset, ABLATIONS),
-                ],
-            )
-        )
-    for name, tasks, recipe_name in RECIPES_AFTER_SFT:
-        if name in skip:
-            continue
-        run_dir, report = out / f"grpo_{name}", out / f"eval_grpo_{name}.json"
-        todo.append(
-            Job(
-                f"grpo_{name}",
-                [
-                    train(recipe_name, f"run.output_dir={run_dir}"),
-                    eval_argv(report, run_dir / "final", dataset, (), (tasks,)),
-                ],
-            )
-        )
+        name = f"grpo_seed{seed}"
+        run = train(name, "tiny_grpo.yaml", f"run.seed={seed}")
+        todo.append(Job(name, [run, evaluate(name, out / name / "final")]))
+    for task_name, tasks, recipe_name in RECIPES_AFTER_SFT:
+        if task_name not in skip:
+            name = f"grpo_{task_name}"
+            after = evaluate(name, out / name / "final", (), (tasks,))
+            todo.append(Job(name, [train(name, recipe_name), after]))
     if "ppo" not in skip:
-        run_dir = out / "ppo_think"
-        todo.append(
-            Job(
-                "ppo_think",
-                [
-                    train(
-                        "step_audio2_ppo_think.yaml", f"run.output_dir={run_dir}", *PPO_THINK_TINY
-                    ),
-                    *(
-                        eval_argv(
-                            out / f"eval_{name}_questions.json",
-                            model,
-                            dataset,
-                            (),
-                            tuple(DIMENSIONS),
-                        )
-                        for name, model in (("sft", sft), ("ppo", run_dir / "final"))
-                    ),
-                ],
-            )
-        )
+        run = train("ppo_think", "step_audio2_ppo_think.yaml", *PPO_THINK_TINY)
+        questions = [
+            evaluate(f"{name}_questions", model, (), tuple(DIMENSIONS))
+            for name, model in (("sft", sft), ("ppo", out / "ppo_think" / "final"))
+        ]
+        todo.append(Job("ppo_think", [run, *questions]))
     return todo
 
 

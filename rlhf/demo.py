@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -62,6 +61,7 @@ def sft(path: str, *overrides: str, processes: int, threads: int) -> None:
         rlhf("sft", path, *overrides)
         return
     from rlhf.config import SFTConfig, load_config
+    from rlhf.distributed import free_port
 
     rows = load_config(SFTConfig, path, overrides).optim.micro_batch_size
     if rows % processes:
@@ -73,16 +73,8 @@ def sft(path: str, *overrides: str, processes: int, threads: int) -> None:
     unasked = ("--num_machines", "1", "--dynamo_backend", "no")  # else accelerate asks or warns
     port = ("--main_process_port", str(free_port()))
     launcher = [sys.executable, "-m", "accelerate.commands.launch", *launch, *unasked, *port]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    if code := subprocess.run([*launcher, *command], env=env).returncode:
+    if code := subprocess.run([*launcher, *command], env=threaded_env(threads)).returncode:
         raise SystemExit(f"rlhf sft failed with exit code {code}")
-
-
-def free_port() -> int:
-    """A TCP port no process listens on now, for the launched processes to meet on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def recipe(name: str) -> str:
@@ -243,10 +235,15 @@ def start(argv: list[str], log: IO, threads: int) -> subprocess.Popen:
     """``rlhf ARGV`` in a process of its own with ``threads`` torch threads, its output into
     ``log``. Single-threaded processes never wait on each other, so two of them use both cores
     of a small machine and a third process there slows them without stalling them."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "COLUMNS": "100"}
+    env = {**threaded_env(threads), "COLUMNS": "100"}
     return subprocess.Popen(
         [sys.executable, "-m", "rlhf.cli", *argv], stdout=log, stderr=subprocess.STDOUT, env=env
     )
+
+
+def threaded_env(threads: int) -> dict[str, str]:
+    """This process's environment for a child process of ``threads`` torch threads."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads)}
 
 
 class BackgroundEval:

@@ -25,6 +25,7 @@ fp32, so a sharded and an unsharded run compute the same numbers.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import torch
@@ -97,6 +98,13 @@ def _sum_gradients(_, bucket):  # unannotated: DDP rejects the strings of postpo
     """A DDP communication hook: the bucket's gradients summed, not averaged (DDP's default)."""
     future = dist.all_reduce(bucket.buffer(), async_op=True).get_future()
     return future.then(lambda done: done.value()[0])
+
+
+def free_port() -> int:
+    """A TCP port no process listens on now, for launched processes to meet on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:

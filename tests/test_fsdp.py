@@ -31,10 +31,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_multiprocess import free_port
 
 from rlhf.cli import main
 from rlhf.config import OptimConfig
+from rlhf.distributed import free_port
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 GRPO_LR = 1e-3
@@ -46,6 +46,7 @@ import torch.distributed as dist
 from accelerate import Accelerator
 from rlhf.cli import main
 from rlhf.config import OptimConfig
+from rlhf.distributed import free_port
 
 # `rlhf train` ends with accelerate's end_training, which destroys the process group; here the
 # commands share one (no tracker is used)
@@ -152,6 +153,18 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
     return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
 
 
+def assert_same_update(
+    start: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]
+) -> None:
+    """Both runs moved the weights from ``start`` alike: their difference is within 1e-3 of the
+    update's norm (see the module docstring)."""
+    assert ours.keys() == theirs.keys()
+    difference = torch.cat([(ours[k] - theirs[k]).flatten() for k in ours]).norm()
+    shared = [k for k in ours if k in start]  # a reward model's new score head is not
+    update = torch.cat([(theirs[k] - start[k]).flatten() for k in shared]).norm()
+    assert update > 0 and difference < 1e-3 * update, (float(difference), float(update))
+
+
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir, tiny_dataset_dir, tmp_path_factory):
     """(sharded, single-process) output folders of the same commands."""
@@ -187,12 +200,7 @@ def test_two_fsdp_processes_equal_one(runs, tiny_model_dir, name, final, steps):
         for key in ("loss", "grad_norm", "critic_grad_norm", "value_loss"):
             if key in b:
                 assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
-    start, ours, theirs = weights(model_dir), weights(sharded / final), weights(single / final)
-    assert ours.keys() == theirs.keys()
-    difference = torch.cat([(ours[k] - theirs[k]).flatten() for k in ours]).norm()
-    shared = [k for k in ours if k in start]  # a reward model's new score head is not
-    update = torch.cat([(theirs[k] - start[k]).flatten() for k in shared]).norm()
-    assert update > 0 and difference < 1e-3 * update, (float(difference), float(update))
+    assert_same_update(weights(model_dir), weights(sharded / final), weights(single / final))
 
 
 def test_a_sharded_checkpoint_that_does_not_fit_fails_naming_it(runs, tiny_model_dir):
@@ -247,11 +255,9 @@ def test_the_demo_shares_each_sft_step_over_two_processes(
     assert [m["tokens"] for m in two] == [m["tokens"] for m in one]
     for key in ("loss", "grad_norm"):
         assert [m[key] for m in two] == pytest.approx([m[key] for m in one], rel=1e-4), key
-    start, ours, theirs = (
+    start, two_final, one_final = (
         weights(Path(tiny_model_dir)),
         weights(tmp_path / "2" / "final"),
         weights(tmp_path / "1" / "final"),
     )
-    difference = torch.cat([(ours[k] - theirs[k]).flatten() for k in ours]).norm()
-    update = torch.cat([(theirs[k] - start[k]).flatten() for k in start]).norm()
-    assert update > 0 and difference < 1e-3 * update, (float(difference), float(update))
+    assert_same_update(start, two_final, one_final)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from rewards import completion_fields, reward
 from rlhf.config import RLConfig, load_config
+from rlhf.distributed import free_port
 from rlhf.trainer import RLTrainer
 
 
@@ -36,12 +36,6 @@ if dist.is_initialized():  # else gloo may abort at exit
     dist.destroy_process_group()
 sys.exit(code)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_log_the_one_process_loss(tiny_model_dir, tiny_dataset_dir, tmp_path):

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import numpy as np
 import pytest
 import ray
 
+from rlhf.distributed import free_port
 from rollouts.ray_pool import RayEngine, WorkerModel
 from rollouts.types import PromptSample, SamplingParams
 
@@ -69,12 +69,6 @@ sys.exit(code)
 
 def find(entries: list[dict], step: int, key: str) -> dict:
     return next(e for e in entries if e["step"] == step and key in e)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
