@@ -107,6 +107,7 @@ def compare(before: dict, after: dict) -> Table:
         ("CER", ("asr", "cer")),
         ("think words", ("think_words_mean",)),
         ("format ok", ("format_ok",)),
+        ("text questions answered aloud", ("aloud",)),
         ("spoken TA4 format ok", ("spoken", "ta4_ok")),
         ("spoken audio codes", ("spoken", "audio_codes_mean")),
     ]
@@ -136,7 +137,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-clips", type=int, default=1200, help="training clips")
     parser.add_argument("--test-clips", type=int, default=300, help="held-out clips")
     parser.add_argument("--rl-steps", type=int, default=None, help="override the GRPO steps")
-    parser.add_argument("--sft-steps", type=int, default=None, help="override the SFT steps")
+    parser.add_argument(
+        "--sft-steps",
+        type=int,
+        default=None,
+        help="override the steps of the reasoning SFT stage (tiny_sft.yaml)",
+    )
     parser.add_argument(
         "--sft-processes",
         type=int,

@@ -71,8 +71,8 @@ def evaluate(
     paralinguistic and transcription rows). ``tasks``: only the rows of these tasks.
 
     Returns ``{"n", "paralinguistic": {dim: accuracy}, "accuracy_mean", "asr": {"wer", "cer"},
-    "think_words_mean", "format_ok", "spoken", "counts", "speakers", "ablations", ...}``; a figure
-    with no row to measure it is None.
+    "think_words_mean", "format_ok", "aloud", "spoken", "counts", "speakers", "ablations",
+    ...}``; a figure with no row to measure it is None.
     """
     from rlhf.data.loading import load_prompt_dataset, row_to_sample
     from rollouts.engine import LocalEngine
@@ -264,6 +264,10 @@ def score(
     }
 
     spoken = [i for i, s in enumerate(samples) if s.spoken]
+    # text questions answered in speech: what training on spoken answers can teach a policy
+    results["aloud"] = _mean(
+        [float(ok is not None) for ok, s in zip(spoken_ok, samples) if not s.spoken]
+    )
     results["spoken"] = {
         "exact": _mean(
             [float(normalize(rollouts[i].spoken_text) == normalize(labels[i])) for i in spoken]
@@ -369,6 +373,8 @@ def print_table(results: dict[str, Any], console: Console | None = None, title: 
         str(results["n"]),
     )
     table.add_row("format ok", show(results["format_ok"]), *blank(), "", str(results["n"]))
+    n_text = str(results["n"] - int(n_spoken))
+    table.add_row("text questions answered aloud", show(results.get("aloud")), *blank(), "", n_text)
     if speakers.get("unseen") is not None:
         unseen = f"{speakers['unseen']} of {speakers['n']}"
         table.add_row("speakers unseen in training", unseen, *blank(), "", "")

@@ -1,5 +1,8 @@
 """`rlhf bench rl`'s summary: figures of eval JSONs gathered per seed, mean and range over seeds."""
 
+from itertools import pairwise
+from pathlib import Path
+
 import pytest
 
 from rlhf.bench_rl import accuracies, over_seeds, table
@@ -76,8 +79,14 @@ def test_the_bench_runs_every_seed_and_recipe_from_the_one_sft_policy(tmp_path):
         "grpo_spoken",
         "ppo_think",
     ]
-    trains = [argv for job in todo for argv in job.commands if argv[0] == "train"]
-    assert all(f"model.path={tmp_path / 'sft'}" in argv for argv in trains)
+    trains = [argv for job in todo for argv in job.commands if argv[0] in ("train", "sft")]
+    speak, spoken = [
+        argv for argv in trains if "tiny_grpo_spoken.yaml" in argv[1] or argv[0] == "sft"
+    ]
+    others = [argv for argv in trains if argv not in (speak, spoken)]
+    assert all(f"model.path={tmp_path / 'sft'}" in argv for argv in [*others, speak])
+    assert speak[1].endswith("tiny_sft_speak.yaml")  # the spoken recipe needs a policy that speaks
+    assert f"model.path={tmp_path / 'speak' / 'final'}" in spoken
     assert next(argv for argv in trains if "run.seed=1" in argv)[1].endswith("tiny_grpo.yaml")
 
 
@@ -87,3 +96,36 @@ def test_commands_are_printed_as_typed_with_their_brackets(capsys):
     show("rlhf train r.yaml 'data.tasks=[gender,pitch]' 'rewards=[{name: x}]'")
     printed = capsys.readouterr().out
     assert "'data.tasks=[gender,pitch]' 'rewards=[{name: x}]'" in printed
+
+
+@pytest.mark.parametrize("arch", ["step-audio-2", "qwen2-audio"])
+def test_each_sft_stage_of_the_demo_starts_from_the_one_before(arch, tmp_path, monkeypatch):
+    import rlhf.demo as demo
+
+    stages = []
+    monkeypatch.setattr(demo, "rlhf", lambda *argv: None)
+    monkeypatch.setattr(demo, "sft", lambda path, *overrides, **_: stages.append((path, overrides)))
+    _, last = demo.prepare(tmp_path, arch=arch)
+
+    names = [Path(path).name for path, _ in stages]
+    paths = [dict(o.split("=", 1) for o in overrides) for _, overrides in stages]
+    assert paths[0]["model.path"] == str(tmp_path / "tiny")
+    for before, after in pairwise(paths):
+        assert after["model.path"] == str(Path(before["run.output_dir"]) / "final")
+    assert last == Path(paths[-1]["run.output_dir"]) / "final"
+    assert names == ["tiny_sft_listen.yaml", "tiny_sft.yaml"]
+    if arch != "step-audio-2":  # a family that answers in text only learns no spoken replies
+        assert paths[1]["train_on"] == "text" and "spoken" not in paths[1]["data.tasks"]
+
+
+def test_the_speaking_stage_keeps_every_question_beside_the_spoken_rows():
+    """Spoken rows alone made the tiny policy answer 94 % of text questions aloud: the speaking
+    stage keeps the other tasks in its mix, the spoken rows only repeated, on the SFT set."""
+    from rlhf.config import SFTConfig, load_config
+    from rlhf.demo import recipe
+
+    tuned = load_config(SFTConfig, recipe("tiny_sft.yaml"))
+    speak = load_config(SFTConfig, recipe("tiny_sft_speak.yaml"))
+    assert speak.data.tasks is None and speak.data.task_repeats == {"spoken": 8}
+    assert speak.data.where == tuned.data.where and speak.data.think
+    assert speak.train_on == "both"

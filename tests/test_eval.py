@@ -74,6 +74,9 @@ def test_score_on_known_answers():
     assert results["format_ok_by_task"]["speed"] == 0.0
     assert results["format_ok_by_task"]["spoken"] == 1.0
     assert results["spoken"]["exact"] == 1.0
+    assert results["aloud"] == 0.0  # every text question answered in text
+    aloud = [*rollouts[:4], _rollout(f"x</think>\n\n{spoken}", "x", "the cat"), rollouts[5]]
+    assert score(samples, aloud, audio_pad_code=PAD)["aloud"] == pytest.approx(1 / 5)
     assert results["counts"] == {"gender": 2, "pitch": 1, "speed": 1, "spoken": 1, "transcribe": 1}
     json.dumps(results)  # plain JSON types only
 
