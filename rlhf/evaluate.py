@@ -373,7 +373,7 @@ def print_table(results: dict[str, Any], console: Console | None = None, title: 
         str(results["n"]),
     )
     table.add_row("format ok", show(results["format_ok"]), *blank(), "", str(results["n"]))
-    n_text = str(results["n"] - int(n_spoken))
+    n_text = str(results["n"] - counts.get(SPOKEN, 0))
     table.add_row("text questions answered aloud", show(results.get("aloud")), *blank(), "", n_text)
     if speakers.get("unseen") is not None:
         unseen = f"{speakers['unseen']} of {speakers['n']}"

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from rlhf.bench_rl import accuracies, over_seeds, table
+from rlhf.demo import recipe
 
 
 def _report(gender, pitch, speed, silence):
@@ -79,13 +80,12 @@ def test_the_bench_runs_every_seed_and_recipe_from_the_one_sft_policy(tmp_path):
         "grpo_spoken",
         "ppo_think",
     ]
-    trains = [argv for job in todo for argv in job.commands if argv[0] in ("train", "sft")]
-    speak, spoken = [
-        argv for argv in trains if "tiny_grpo_spoken.yaml" in argv[1] or argv[0] == "sft"
-    ]
-    others = [argv for argv in trains if argv not in (speak, spoken)]
-    assert all(f"model.path={tmp_path / 'sft'}" in argv for argv in [*others, speak])
-    assert speak[1].endswith("tiny_sft_speak.yaml")  # the spoken recipe needs a policy that speaks
+    trains = [argv for job in todo for argv in job.commands if argv[0] == "train"]
+    speak, _, spoken, _ = next(job for job in todo if job.name == "grpo_spoken").commands
+    assert all(
+        f"model.path={tmp_path / 'sft'}" in argv for argv in [*trains, speak] if argv != spoken
+    )
+    assert speak[:2] == ["sft", recipe("tiny_sft_speak.yaml")]  # the spoken recipe needs speech
     assert f"model.path={tmp_path / 'speak' / 'final'}" in spoken
     assert next(argv for argv in trains if "run.seed=1" in argv)[1].endswith("tiny_grpo.yaml")
 
@@ -122,7 +122,6 @@ def test_the_speaking_stage_keeps_every_question_beside_the_spoken_rows():
     """Spoken rows alone made the tiny policy answer 94 % of text questions aloud: the speaking
     stage keeps the other tasks in its mix, the spoken rows only repeated, on the SFT set."""
     from rlhf.config import SFTConfig, load_config
-    from rlhf.demo import recipe
 
     tuned = load_config(SFTConfig, recipe("tiny_sft.yaml"))
     speak = load_config(SFTConfig, recipe("tiny_sft_speak.yaml"))

@@ -255,9 +255,5 @@ def test_the_demo_shares_each_sft_step_over_two_processes(
     assert [m["tokens"] for m in two] == [m["tokens"] for m in one]
     for key in ("loss", "grad_norm"):
         assert [m[key] for m in two] == pytest.approx([m[key] for m in one], rel=1e-4), key
-    start, two_final, one_final = (
-        weights(Path(tiny_model_dir)),
-        weights(tmp_path / "2" / "final"),
-        weights(tmp_path / "1" / "final"),
-    )
-    assert_same_update(start, two_final, one_final)
+    final = [weights(tmp_path / n / "final") for n in ("2", "1")]
+    assert_same_update(weights(Path(tiny_model_dir)), *final)
